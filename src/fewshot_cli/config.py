@@ -1,0 +1,327 @@
+"""Configuration schema, YAML loading and ``--set`` overrides.
+
+A config file is YAML with top-level keys ``name``, ``seed``, ``device`` and
+the sections ``task``, ``model``, ``algorithm``, ``train`` and ``eval``. Every
+key has a default; unknown keys, wrong types and out-of-range values raise
+:class:`ConfigError` with one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+PosInt = Annotated[int, Field(ge=1)]
+PosFloat = Annotated[float, Field(gt=0)]
+Range = tuple[float, float]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_range(value: Range, what: str) -> Range:
+    if value[0] > value[1]:
+        raise ValueError(f"{what} must be [low, high] with low <= high, found {list(value)}")
+    return value
+
+
+# --------------------------------------------------------------------------- tasks
+class SinusoidTask(Section):
+    """Sinusoid regression (Finn et al. 2017, sec. 5.1): y = A sin(x - phase) + noise."""
+
+    kind: Literal["sinusoid"] = "sinusoid"
+    amplitude: Range = (0.1, 5.0)
+    phase: Range = (0.0, math.pi)
+    phase_choices: list[float] | None = None
+    x_range: Range = (-5.0, 5.0)
+    shots: PosInt = 10
+    queries: PosInt = 10
+    noise_std: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("amplitude", "phase", "x_range")
+    @classmethod
+    def _ordered(cls, v: Range, info: Any) -> Range:
+        return _check_range(v, info.field_name)
+
+    @field_validator("phase_choices")
+    @classmethod
+    def _nonempty(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not v:
+            raise ValueError("phase_choices must list at least one phase, or be null")
+        return v
+
+
+class ImageTask(Section):
+    """Common keys of N-way K-shot image classification tasks."""
+
+    ways: Annotated[int, Field(ge=2)] = 5
+    shots: PosInt = 1
+    queries: PosInt = 1
+    image_size: Annotated[int, Field(ge=4)] = 28
+    cache_dir: str | None = None
+
+
+class OmniglotTask(ImageTask):
+    """Omniglot (Lake et al. 2015) characters as classes."""
+
+    kind: Literal["omniglot"] = "omniglot"
+    root: str = "data/omniglot"
+    download: bool = False
+    split: Literal["maml", "background"] = "maml"
+    train_classes: PosInt = 1200
+    val_classes: PosInt = 100
+    rotations: bool = True
+    split_seed: int = 1
+
+
+class MiniImagenetTask(ImageTask):
+    """mini-ImageNet with the Ravi & Larochelle (2017) class split."""
+
+    kind: Literal["miniimagenet"] = "miniimagenet"
+    root: str = "data/miniimagenet"
+    image_size: Annotated[int, Field(ge=4)] = 84
+    queries: PosInt = 15
+
+
+class ImageFolderTask(ImageTask):
+    """A user's own images: ``root/<split>/<class>/*.{png,jpg,jpeg}``."""
+
+    kind: Literal["image_folder"] = "image_folder"
+    root: str = "data/images"
+    image_size: Annotated[int, Field(ge=4)] = 84
+    channels: Literal[1, 3] = 3
+
+
+TaskConfig = Annotated[
+    Union[SinusoidTask, OmniglotTask, MiniImagenetTask, ImageFolderTask],
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------- models
+class MLPModel(Section):
+    """Fully connected network: input -> hidden... -> output."""
+
+    kind: Literal["mlp"] = "mlp"
+    hidden: list[PosInt] = [40, 40]
+    activation: Literal["relu", "tanh"] = "relu"
+
+
+class Conv4Model(Section):
+    """Four conv blocks + linear head (Finn et al. 2017; Vinyals et al. 2016)."""
+
+    kind: Literal["conv4"] = "conv4"
+    filters: PosInt = 64
+    strided: bool = False
+    batch_norm: bool = True
+
+
+ModelConfig = Annotated[Union[MLPModel, Conv4Model], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- algorithm
+class AlgorithmConfig(Section):
+    """Meta-learning algorithm and its optimisation settings."""
+
+    kind: Literal["maml", "pretrain"] = "maml"
+    inner_lr: PosFloat = 0.01
+    inner_steps: PosInt = 1
+    eval_inner_steps: PosInt = 10
+    first_order: bool = False
+    loss: Literal["auto", "mse", "l1", "cross_entropy"] = "auto"
+    meta_optimizer: Literal["adam", "sgd"] = "adam"
+    meta_lr: PosFloat = 1e-3
+    meta_batch: PosInt = 25
+
+
+class TrainConfig(Section):
+    """Outer loop, logging, validation and checkpoint cadence."""
+
+    iterations: PosInt = 70000
+    log_every: PosInt = 100
+    val_every: PosInt = 1000
+    val_tasks: PosInt = 100
+    checkpoint_every: PosInt = 1000
+    vectorize: Literal["auto", "vmap", "loop"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class EvalConfig(Section):
+    """Defaults of ``fewshot eval`` (each can be overridden on its command line)."""
+
+    tasks: PosInt = 600
+    seed: int = 20170301
+    steps: PosInt | None = None
+    shots: PosInt | None = None
+    queries: PosInt | None = None
+    query_batch: Literal["all", "per_class"] = "all"
+    checkpoint: Literal["best", "last"] = "best"
+    chunk: PosInt = 100
+
+
+class Config(Section):
+    """A whole experiment."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")] = "run"
+    seed: int = 0
+    device: str = "auto"
+    task: TaskConfig = Field(default_factory=SinusoidTask)
+    model: ModelConfig = Field(default_factory=MLPModel)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, found {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Config:
+        if self.algorithm.loss == "auto":
+            self.algorithm.loss = "mse" if self.problem == "regression" else "cross_entropy"
+        if self.problem == "classification" and self.algorithm.loss != "cross_entropy":
+            raise ValueError(
+                f"algorithm.loss must be cross_entropy for {self.task.kind} tasks, "
+                f"found {self.algorithm.loss}"
+            )
+        if self.problem == "regression" and self.algorithm.loss == "cross_entropy":
+            raise ValueError("algorithm.loss must be mse or l1 for sinusoid tasks")
+        return self
+
+    @property
+    def problem(self) -> Literal["regression", "classification"]:
+        return "regression" if self.task.kind == "sinusoid" else "classification"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-ready dict (tuples as lists)."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+_KIND_CLASSES: dict[str, dict[str, type[Section]]] = {
+    "task": {c.model_fields["kind"].default: c for c in
+             (SinusoidTask, OmniglotTask, MiniImagenetTask, ImageFolderTask)},
+    "model": {c.model_fields["kind"].default: c for c in (MLPModel, Conv4Model)},
+}
+_SECTION_CLASSES: dict[str, type[Section]] = {
+    "algorithm": AlgorithmConfig, "train": TrainConfig, "eval": EvalConfig,
+}
+
+
+def _section_class(section: str, data: dict[str, Any]) -> type[Section] | None:
+    if section in _SECTION_CLASSES:
+        return _SECTION_CLASSES[section]
+    if section in _KIND_CLASSES:
+        raw = data.get(section)
+        kind = raw.get("kind") if isinstance(raw, dict) else None
+        default = "sinusoid" if section == "task" else "mlp"
+        return _KIND_CLASSES[section].get(kind or default)
+    return None
+
+
+def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    # Discriminated unions put the chosen kind into the location; drop it.
+    if len(loc) >= 2 and loc[0] in _KIND_CLASSES and loc[1] in _KIND_CLASSES[loc[0]]:
+        loc = [loc[0], *loc[2:]]
+    loc = [p for p in loc if not p.startswith("function-")]
+    key = ".".join(loc) if loc else "(top level)"
+    kind = err["type"]
+    found = err.get("input")
+    if kind == "extra_forbidden":
+        name = loc[-1]
+        if len(loc) == 1:
+            choices = list(Config.model_fields)
+        else:
+            cls = _section_class(loc[0], data)
+            choices = list(cls.model_fields) if cls else []
+        hint = difflib.get_close_matches(name, choices, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"unknown key '{key}'{suggestion}; valid keys: {', '.join(choices)}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        options = ", ".join(_KIND_CLASSES.get(loc[0], {}))
+        return f"{key}.kind: expected one of {options}, found {found!r}"
+    msg = err["msg"]
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    return f"{key}: {msg}, found {found!r}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value is YAML) into (path, value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e.problem})") from None
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return ``data`` with each ``section.key=value`` override applied."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def validate(data: dict[str, Any], source: str) -> Config:
+    """Validate a raw mapping; ``source`` names it in error messages."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"{source}: {_format_error(first, data)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    return validate(data, str(path))
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

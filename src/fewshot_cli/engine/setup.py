@@ -1,0 +1,54 @@
+"""Building the pieces of a run from its config: device, tasks, network, algorithm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import algorithms, models, tasks
+from ..algorithms import MetaAlgorithm
+from ..config import Config
+from ..errors import ConfigError
+from ..tasks import TaskSource
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an unavailable device is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {spec} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device: {spec} requested but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {spec} requested but MPS is not available here")
+    return device
+
+
+@dataclass
+class Experiment:
+    """Everything built from one config."""
+
+    cfg: Config
+    device: torch.device
+    dtype: torch.dtype
+    source: TaskSource
+    algo: MetaAlgorithm
+
+
+def build_experiment(cfg: Config, device: torch.device | None = None) -> Experiment:
+    """Build tasks, network (initialised from ``cfg.seed``) and algorithm on ``device``."""
+    device = device or resolve_device(cfg.device)
+    dtype = DTYPES[cfg.train.dtype]
+    source = tasks.build(cfg.task)
+    torch.manual_seed(cfg.seed)
+    model = models.build(cfg.model, source)
+    algo = algorithms.build(cfg, model).to(device=device, dtype=dtype)
+    return Experiment(cfg, device, dtype, source, algo)

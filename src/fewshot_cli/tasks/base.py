@@ -1,0 +1,90 @@
+"""The contract between task distributions and algorithms.
+
+A task source draws whole meta-batches of tasks as stacked tensors whose
+leading dimension is the task. All randomness comes from a caller-owned
+``torch.Generator``, so the run owns (and can checkpoint) the sampler state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+Split = Literal["train", "val", "test"]
+Problem = Literal["regression", "classification"]
+
+
+@dataclass
+class TaskBatch:
+    """B tasks: ``support_x [B, S, ...]``, ``support_y [B, S, ...]``,
+    ``query_x [B, Q, ...]``, ``query_y [B, Q, ...]``.
+
+    Regression targets are float ``[B, n, 1]``; classification labels are
+    int64 ``[B, n]`` in ``0..ways-1``. ``info`` carries per-task extras that
+    plots may use (e.g. sinusoid amplitude/phase, or class names); the
+    algorithms never read it.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
+        """Move to ``device``; ``dtype`` converts float tensors only (labels stay int64)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return TaskBatch(
+            move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
+            dict(self.info),
+        )
+
+    def select(self, index: slice | list[int] | torch.Tensor) -> TaskBatch:
+        """A sub-batch of the tasks at ``index`` (info values that are tensors are indexed too)."""
+        info = {
+            k: (v[index] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+            for k, v in self.info.items()
+        }
+        return TaskBatch(
+            self.support_x[index], self.support_y[index],
+            self.query_x[index], self.query_y[index], info,
+        )
+
+
+class TaskSource(Protocol):
+    """A distribution over tasks.
+
+    ``problem`` tells the algorithm which loss family applies, ``input_shape``
+    is the shape of one example (``(1,)`` for sinusoids, ``(C, H, W)`` for
+    images), ``output_dim`` the model's output width (1 for regression,
+    ``ways`` for classification).
+    """
+
+    problem: Problem
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+    def sample(
+        self,
+        n_tasks: int,
+        generator: torch.Generator,
+        split: Split = "train",
+        shots: int | None = None,
+        queries: int | None = None,
+    ) -> TaskBatch:
+        """Draw ``n_tasks`` tasks from ``split``.
+
+        ``shots`` and ``queries`` override the configured support and query
+        sizes (per class for classification, points per task for regression).
+        """
+        ...
