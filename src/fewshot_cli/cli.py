@@ -32,7 +32,7 @@ def _fail(e: FewshotError) -> typer.Exit:
 def train(
     config: Annotated[Path, typer.Argument(help="YAML experiment config.")],
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a config value: section.key=value (YAML value; repeatable).")] = None,
+        "--set", help="Override a config value: section.key=value (YAML; repeatable).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the resolved config and exit; writes nothing.")] = False,
     run_dir: Annotated[Path | None, typer.Option(

@@ -291,8 +291,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
+    """Default ``task.kind`` to sinusoid and ``model.kind`` to the task's usual network."""
+    data = dict(data)
+    task = data.get("task")
+    if task is None:
+        task = data["task"] = {}
+    if isinstance(task, dict) and "kind" not in task:
+        data["task"] = task = {"kind": "sinusoid", **task}
+    task_kind = task.get("kind") if isinstance(task, dict) else None
+    model = data.get("model")
+    if model is None:
+        model = {}
+    if isinstance(model, dict) and "kind" not in model:
+        data["model"] = {"kind": "mlp" if task_kind == "sinusoid" else "conv4", **model}
+    return data
+
+
 def validate(data: dict[str, Any], source: str) -> Config:
     """Validate a raw mapping; ``source`` names it in error messages."""
+    data = _fill_kinds(data)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
@@ -318,7 +336,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read config ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
+    try:
+        data = apply_overrides(data, overrides or [])
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return validate(data, str(path))
 
 
