@@ -190,3 +190,14 @@ def test_corrupt_checkpoint_is_one_line(tmp_path: Path) -> None:
     p = fewshot("eval", str(run), "--tasks", "5")
     _one_line_error(p, 1, "corrupt or unreadable checkpoint")
     assert not (run / "eval.json").exists()
+
+
+def test_time_limit_stops_cleanly(tmp_path: Path) -> None:
+    run = train(tmp_path, "timed", "--set", "train.iterations=1000000", "--set",
+                "train.max_seconds=1.0")
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "stopped at train.max_seconds"
+    assert 0 < meta["iteration"] < 1000000
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iteration"] == meta["iteration"] and "val_loss" in rows[-1]
+    assert (run / "checkpoints" / "last.pt").is_file()

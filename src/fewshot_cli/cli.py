@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -54,22 +55,28 @@ def train(
         if dry_run:
             out.print(dump_config(cfg), end="", highlight=False, markup=False)
             return
-        from .engine.setup import resolve_device
+        from .engine.setup import build_experiment
 
-        resolve_device(cfg.device)
+        exp = build_experiment(cfg)  # data and device errors surface before any folder exists
         run = RunDir.create(cfg.name, runs_root, run_dir)
         err.print(f"run directory: [bold]{run.path}[/]", highlight=False)
         try:
-            meta = run_training(cfg, run, command=sys.argv, console=err, show_progress=progress)
+            meta = run_training(exp, run, command=sys.argv, console=err, show_progress=progress)
         except KeyboardInterrupt:
             err.print(f"interrupted; last.pt and metrics are in {run.path}", highlight=False)
             raise typer.Exit(130) from None
+        except FewshotError:
+            if not run.checkpoint_path("last").exists():
+                shutil.rmtree(run.path, ignore_errors=True)  # nothing of value was written
+            raise
     except FewshotError as e:
         raise _fail(e) from None
     best = meta.get("best_val_loss")
+    best_text = f", best validation loss {best:.4g}" if best is not None and best < float("inf") \
+        else ""
     err.print(
-        f"done: {meta['iteration']} iterations in {meta['wall_seconds']:.1f} s "
-        f"(vectorize={meta['vectorize']['mode']}), best validation loss {best:.4g}",
+        f"{meta['status']}: {meta['iteration']} iterations in {meta['wall_seconds']:.1f} s "
+        f"(vectorize={meta['vectorize']['mode']}){best_text}",
         highlight=False,
     )
     out.print(str(run.path), highlight=False)

@@ -84,6 +84,21 @@ class OmniglotTask(ImageTask):
     rotations: bool = True
     split_seed: int = 1
 
+    @model_validator(mode="after")
+    def _class_counts(self) -> OmniglotTask:
+        # Omniglot has 1623 characters, 964 of them in images_background.
+        if self.split == "maml" and not self.val_classes < self.train_classes < 1623:
+            raise ValueError(
+                "expected val_classes < train_classes < 1623 (Omniglot's characters), "
+                f"found val_classes {self.val_classes} and train_classes {self.train_classes}"
+            )
+        if self.split == "background" and self.val_classes >= 964:
+            raise ValueError(
+                "expected val_classes < 964 (the characters of images_background), "
+                f"found {self.val_classes}"
+            )
+        return self
+
 
 class MiniImagenetTask(ImageTask):
     """mini-ImageNet with the Ravi & Larochelle (2017) class split."""
@@ -154,6 +169,7 @@ class TrainConfig(Section):
     val_tasks: PosInt = 100
     checkpoint_every: PosInt = 1000
     vectorize: Literal["auto", "vmap", "loop"] = "auto"
+    max_seconds: PosFloat | None = None
     dtype: Literal["float32", "float64"] = "float32"
 
 
@@ -257,6 +273,8 @@ def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
         return f"{key}.kind: expected one of {options}, found {found!r}"
     msg = err["msg"]
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    if " found " in msg:  # our own validators already say what they found
+        return f"{key}: {msg}"
     return f"{key}: {msg}, found {found!r}"
 
 

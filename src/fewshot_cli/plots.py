@@ -171,10 +171,16 @@ def plot_episode(run: RunDir, checkpoint: str) -> Path:
         else:
             ax.imshow(img.permute(1, 2, 0))
 
+    names = exp.source.class_names("test") if hasattr(exp.source, "class_names") else None
     for i in range(len(sx)):
-        ax = axes[i // ways][int(sy[i])]
+        label = int(sy[i])
+        ax = axes[i // ways][label]
         show(ax, sx[i])
-        ax.set_title(f"support: {int(sy[i])}", fontsize=8)
+        title = f"class {label}"
+        if names is not None and i < ways:
+            name = names[int(batch.info["classes"][0, label])]
+            title += "\n" + (name if len(name) <= 16 else "…" + name[-15:])
+        ax.set_title(title, fontsize=7)
     counters = [0] * ways
     for i in range(len(qx)):
         c = int(qy[i])

@@ -44,8 +44,14 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:  # noqa: ANN00
 
 
 def validation_tasks(exp: Experiment) -> list[TaskBatch]:
-    """The fixed held-out tasks, in evaluation-sized chunks, drawn once per run."""
+    """The fixed held-out tasks, in evaluation-sized chunks, drawn once per run.
+
+    Empty when the task source has no validation split (an image folder
+    without ``val/``): the run then keeps only ``last.pt``.
+    """
     cfg = exp.cfg
+    if "val" not in getattr(exp.source, "splits", ("val",)):
+        return []
     gen = torch.Generator().manual_seed(cfg.seed + VAL_SEED_OFFSET)
     left, chunks = cfg.train.val_tasks, []
     while left > 0:
@@ -109,11 +115,13 @@ def run_meta(exp: Experiment, command: list[str], mode_info: dict[str, Any]) -> 
     }
 
 
-def train(cfg: Config, run: RunDir, command: list[str] | None = None,
+def train(exp: Experiment | Config, run: RunDir, command: list[str] | None = None,
           console: Console | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Meta-train ``cfg`` into ``run``; returns the final meta.json contents."""
+    """Meta-train ``exp`` (or a config, built here) into ``run``; returns meta.json's contents."""
     console = console or Console(stderr=True)
-    exp = build_experiment(cfg)
+    if isinstance(exp, Config):
+        exp = build_experiment(exp)
+    cfg = exp.cfg
     algo, device, dtype = exp.algo, exp.device, exp.dtype
     mode, mode_info = vectorize.choose(exp, cfg.train.vectorize)
     mode_info["mode"] = mode
@@ -166,9 +174,11 @@ def train(cfg: Config, run: RunDir, command: list[str] | None = None,
             if "accuracy" in metrics:
                 window_acc += metrics["accuracy"]
             window_n += 1
+            final = it == t.iterations or (
+                t.max_seconds is not None and time.perf_counter() - start >= t.max_seconds)
 
             row: dict[str, Any] = {}
-            if it % t.log_every == 0 or it == t.iterations:
+            if it % t.log_every == 0 or final:
                 now = time.perf_counter()
                 row.update({
                     "loss": window_loss.item() / window_n,
@@ -182,7 +192,7 @@ def train(cfg: Config, run: RunDir, command: list[str] | None = None,
                 window_acc.zero_()
                 window_inner, window_n = None, 0
                 last_log_time, last_log_iter = now, it
-            if it % t.val_every == 0 or it == t.iterations:
+            if val_chunks and (it % t.val_every == 0 or final):
                 val = validate(exp, val_chunks, mode)
                 row.update(val)
                 if val["val_loss"] < best:
@@ -198,11 +208,13 @@ def train(cfg: Config, run: RunDir, command: list[str] | None = None,
                 if progress and "loss" in row:
                     progress.update(bar, loss=f"{row['loss']:.4g}",
                                     rate=f"{row['its_per_s']:.0f}")
-            if it % t.checkpoint_every == 0 or it == t.iterations:
+            if it % t.checkpoint_every == 0 or final:
                 checkpoint(it)
-            if progress and (it & 7 == 0 or it == t.iterations):
+            if progress and (it & 7 == 0 or final):
                 progress.update(bar, completed=it)
-        status = "completed"
+            if final:
+                break
+        status = "completed" if it == t.iterations else "stopped at train.max_seconds"
     except KeyboardInterrupt:
         status = "interrupted"
         if it > 0:
