@@ -168,7 +168,7 @@ class TrainConfig(Section):
     val_every: PosInt = 1000
     val_tasks: PosInt = 100
     checkpoint_every: PosInt = 1000
-    vectorize: Literal["auto", "vmap", "loop"] = "auto"
+    vectorize: Literal["auto", "vmap", "loop", "fused"] = "auto"
     max_seconds: PosFloat | None = None
     dtype: Literal["float32", "float64"] = "float32"
 

@@ -167,9 +167,9 @@ def plot_episode(run: RunDir, checkpoint: str) -> Path:
     def show(ax: plt.Axes, img: torch.Tensor) -> None:
         img = img.float().clamp(0, 1)
         if img.shape[0] == 1:
-            ax.imshow(img[0], cmap="gray_r" if cfg.task.kind == "omniglot" else "gray")
+            ax.imshow(img[0].numpy(), cmap="gray_r" if cfg.task.kind == "omniglot" else "gray")
         else:
-            ax.imshow(img.permute(1, 2, 0))
+            ax.imshow(img.permute(1, 2, 0).numpy())
 
     names = exp.source.class_names("test") if hasattr(exp.source, "class_names") else None
     for i in range(len(sx)):

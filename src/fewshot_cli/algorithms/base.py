@@ -21,7 +21,7 @@ from ..tasks.base import TaskBatch
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Vectorize = Literal["vmap", "loop"]
+Vectorize = Literal["vmap", "loop", "fused"]
 
 
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,8 @@ def map_tasks(fn: Callable[..., Any], params: Params, *tensors: torch.Tensor,
 
     ``vmap`` maps with :func:`torch.func.vmap` (params shared, tensors split
     along dim 0); ``loop`` calls ``fn`` task by task and stacks the results.
-    Both return the same pytree of ``[B, ...]`` tensors.
+    Both return the same pytree of ``[B, ...]`` tensors. (``fused`` is not a
+    mapping: algorithms run it through the network's ``forward_tasks``.)
     """
     if mode == "vmap":
         return vmap(fn, in_dims=(None,) + (0,) * len(tensors))(params, *tensors)
@@ -80,31 +81,50 @@ class MetaAlgorithm(nn.Module):
         """The network's meta-parameters as a name -> tensor dict."""
         return dict(self.model.named_parameters())
 
-    def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def can_fuse(self) -> bool:
+        """Whether the network runs many tasks' parameters at once (``forward_tasks``)."""
+        return hasattr(self.model, "forward_tasks")
+
+    def forward_with(self, params: Params, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """Network output; ``fused``: ``[B, ...]`` stacked params on ``[B, n, ...]`` inputs."""
+        if fused:
+            return self.model.forward_tasks(params, x)
         return functional_call(self.model, params, (x,))
 
-    def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+                  fused: bool = False) -> torch.Tensor:
+        """Loss of one task; ``fused``: the sum of the B tasks' losses.
+
+        The gradient of that sum with respect to ``[B, ...]`` stacked params is
+        exactly the stack of per-task gradients, at any order, since task b's
+        loss depends on slice b alone.
+        """
+        if fused:
+            return vmap(self.loss_fn)(self.forward_with(params, x, fused=True), y).sum()
         return self.loss_fn(self.forward_with(params, x), y)
 
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-                   create_graph: bool) -> tuple[Params, torch.Tensor]:
+                   create_graph: bool, fused: bool = False) -> tuple[Params, torch.Tensor]:
         """One adaptation step on a support set; returns (new params, support loss before it)."""
         raise NotImplementedError
 
     def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, *,
-              create_graph: bool,
-              observe: Callable[[Params], Any] | None = None) -> tuple[Params, torch.Tensor, list]:
+              create_graph: bool, observe: Callable[[Params], Any] | None = None,
+              fused: bool = False) -> tuple[Params, torch.Tensor, list]:
         """Run ``steps`` inner steps on one task's support set ``(x, y)``.
 
         Returns the adapted params, the support loss before each step
         (``[steps]``), and ``observe(params)`` evaluated before the first step
         and after every step (``steps + 1`` entries; empty when not given).
+        With ``fused`` the same runs for all tasks at once: params are
+        ``[B, ...]`` stacks, inputs ``[B, n, ...]``, and losses task sums.
         """
         losses, seen = [], []
         if observe is not None:
             seen.append(observe(params))
         for _ in range(steps):
-            params, loss = self.inner_step(params, x, y, create_graph)
+            params, loss = self.inner_step(params, x, y, create_graph, fused)
             losses.append(loss)
             if observe is not None:
                 seen.append(observe(params))
@@ -117,21 +137,20 @@ class MetaAlgorithm(nn.Module):
 
     # -- evaluation ------------------------------------------------------------
     def query_metrics(self, params: Params, qx: torch.Tensor, qy: torch.Tensor,
-                      chunks: int) -> torch.Tensor:
-        """Query loss (and accuracy for classification) of one task, ``[1 or 2]``.
+                      chunks: int, fused: bool = False) -> torch.Tensor:
+        """Query loss (and accuracy for classification) of one task, ``[1 or 2]``
+        (``[B, 1 or 2]`` when ``fused``).
 
         With ``chunks > 1`` the queries are classified in that many separate
         forward passes (batch norm then sees each chunk's statistics).
         """
-        if chunks > 1:
-            outs = [self.forward_with(params, x) for x in qx.chunk(chunks)]
-            out = torch.cat(outs)
-        else:
-            out = self.forward_with(params, qx)
-        loss = self.loss_fn(out, qy)
-        if self.classification:
-            return torch.stack([loss, accuracy(out, qy)])
-        return loss.unsqueeze(0)
+        dim = 1 if fused else 0
+        outs = [self.forward_with(params, x, fused) for x in qx.chunk(chunks, dim=dim)]
+        out = torch.cat(outs, dim=dim) if len(outs) > 1 else outs[0]
+        metrics = [self.loss_fn] + ([accuracy] if self.classification else [])
+        if fused:
+            return torch.stack([vmap(m)(out, qy) for m in metrics], dim=-1)
+        return torch.stack([m(out, qy) for m in metrics])
 
     def adaptation_curve(self, batch: TaskBatch, steps: int, mode: Vectorize,
                          query_chunks: int = 1) -> torch.Tensor:
@@ -140,6 +159,15 @@ class MetaAlgorithm(nn.Module):
         The outer parameters are not differentiated (evaluation only).
         """
         base = {k: v.detach() for k, v in self.params().items()}
+        if mode == "fused":
+            n = len(batch)
+            stacked = {k: v.expand(n, *v.shape) for k, v in base.items()}
+            _, _, seen = self.adapt(
+                stacked, batch.support_x, batch.support_y, steps, create_graph=False, fused=True,
+                observe=lambda p: self.query_metrics(p, batch.query_x, batch.query_y,
+                                                     query_chunks, fused=True),
+            )
+            return torch.stack(seen, dim=1).detach()
 
         def one(params: Params, sx, sy, qx, qy) -> torch.Tensor:
             _, _, seen = self.adapt(

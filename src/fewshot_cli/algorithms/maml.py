@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import grad_and_value
+from torch.func import grad_and_value, vmap
 
 from ..tasks.base import TaskBatch
 from .base import MetaAlgorithm, Params, Vectorize, accuracy, map_tasks
@@ -29,8 +29,8 @@ class MAML(MetaAlgorithm):
         self.first_order = first_order
 
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-                   create_graph: bool) -> tuple[Params, torch.Tensor]:
-        grads, loss = grad_and_value(self.task_loss)(params, x, y)
+                   create_graph: bool, fused: bool = False) -> tuple[Params, torch.Tensor]:
+        grads, loss = grad_and_value(self.task_loss)(params, x, y, fused)
         if not create_graph:
             grads = {k: g.detach() for k, g in grads.items()}
         new = {k: p - self.inner_lr * grads[k] for k, p in params.items()}
@@ -44,7 +44,23 @@ class MAML(MetaAlgorithm):
         acc = accuracy(out, qy).detach() if self.classification else loss.detach()
         return loss, support, acc
 
+    def _fused_outer_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        """All tasks at once through the network's ``forward_tasks`` (same numbers)."""
+        n = len(batch)
+        params = {k: v.expand(n, *v.shape) for k, v in self.params().items()}
+        fast, support, _ = self.adapt(params, batch.support_x, batch.support_y,
+                                      self.inner_steps, create_graph=not self.first_order,
+                                      fused=True)
+        out = self.forward_with(fast, batch.query_x, fused=True)
+        loss = vmap(self.loss_fn)(out, batch.query_y).mean()
+        metrics = {"inner_loss": support / n}
+        if self.classification:
+            metrics["accuracy"] = vmap(accuracy)(out, batch.query_y).mean().detach()
+        return loss, metrics
+
     def outer_loss(self, batch: TaskBatch, mode: Vectorize) -> tuple[torch.Tensor, dict]:
+        if mode == "fused":
+            return self._fused_outer_loss(batch)
         loss, support, acc = map_tasks(self._task, self.params(), batch.support_x,
                                        batch.support_y, batch.query_x, batch.query_y, mode=mode)
         metrics = {"inner_loss": support.mean(0)}

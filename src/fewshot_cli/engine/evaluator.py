@@ -88,7 +88,9 @@ def evaluate(run: RunDir, settings: EvalSettings) -> dict[str, Any]:
     chunks = queries if (classification and query_batch == "per_class") else 1
 
     mode_name = run.read_meta().get("vectorize", {}).get("mode")
-    mode = mode_name if mode_name in ("vmap", "loop") else vectorize.choose(exp, "auto")[0]
+    mode = mode_name if mode_name in ("vmap", "loop", "fused") else vectorize.choose(exp, "auto")[0]
+    if mode == "fused" and not exp.algo.can_fuse:
+        mode = "vmap"
 
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

@@ -1,8 +1,12 @@
-"""Choosing how a meta-batch is mapped over tasks: ``vmap`` or a Python ``loop``.
+"""Choosing how a meta-batch runs over its tasks.
 
-Which is faster depends on the network and the device (``vmap`` wins by far
-for the sinusoid MLP; a task loop wins for conv4 on CPU), so ``auto`` times
-one meta-training step each way on a real meta-batch and remembers the
+``vmap`` maps the per-task function with ``torch.func.vmap``, ``loop`` calls
+it task by task, and ``fused`` (networks with ``forward_tasks``, e.g. conv4)
+runs all tasks' parameters at once as grouped convolutions. Which is fastest
+depends on the network, the batch shape, the device and even the memory
+allocator (``vmap`` wins by far for the sinusoid MLP; for conv4 on CPU vmap or
+fused win with one query per class, the loop can win with 15), so ``auto``
+times one meta-training step each way on a real meta-batch and remembers the
 answer in a small cache keyed by everything that could change it.
 """
 
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 
 from ..algorithms import Vectorize
+from ..errors import ConfigError
 from .setup import Experiment
 
 
@@ -34,7 +39,7 @@ def _key(exp: Experiment) -> str:
         torch.__version__, str(exp.device), torch.get_num_threads(), str(exp.dtype),
         c.model.model_dump(mode="json"), list(exp.source.input_shape), exp.source.output_dim,
         c.algorithm.kind, c.algorithm.meta_batch, c.algorithm.inner_steps,
-        c.algorithm.first_order, ways, shots, queries,
+        c.algorithm.first_order, ways, shots, queries, os.environ.get("LD_PRELOAD", ""),
     ]
     if exp.device.type == "cuda":
         parts.append(torch.cuda.get_device_name(exp.device))
@@ -66,7 +71,8 @@ def measure(exp: Experiment) -> dict[str, float]:
     batch = exp.source.sample(exp.cfg.algorithm.meta_batch, gen, "train").to(exp.device,
                                                                                exp.dtype)
     timings: dict[str, float] = {}
-    for mode in ("vmap", "loop"):
+    modes = ("vmap", "loop", "fused") if exp.algo.can_fuse else ("vmap", "loop")
+    for mode in modes:
         try:
             timings[mode] = _time_step(exp, batch, mode)
         except (RuntimeError, torch.cuda.OutOfMemoryError):
@@ -78,7 +84,12 @@ def measure(exp: Experiment) -> dict[str, float]:
 
 def choose(exp: Experiment, requested: str) -> tuple[Vectorize, dict[str, Any]]:
     """The mode to use and how it was decided (for meta.json)."""
-    if requested in ("vmap", "loop"):
+    if requested in ("vmap", "loop", "fused"):
+        if requested == "fused" and not exp.algo.can_fuse:
+            raise ConfigError(
+                f"train.vectorize: fused needs a network with forward_tasks (conv4), found "
+                f"{exp.cfg.model.kind}"
+            )
         return requested, {"requested": requested}  # type: ignore[return-value]
     path = cache_dir() / "vectorize.json"
     key = _key(exp)
@@ -100,6 +111,6 @@ def choose(exp: Experiment, requested: str) -> tuple[Vectorize, dict[str, Any]]:
             os.replace(tmp, path)
         except OSError:
             pass  # an unwritable cache only costs a re-measurement next time
-    mode: Vectorize = "vmap" if timings["vmap"] <= timings["loop"] else "loop"
+    mode: Vectorize = min(timings, key=timings.get)  # type: ignore[assignment]
     return mode, {"requested": "auto", "source": source,
                   "seconds_per_step": {k: round(v, 6) for k, v in timings.items()}}
