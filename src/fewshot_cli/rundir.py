@@ -16,14 +16,10 @@ a temporary file and ``os.replace`` so a crash never leaves half a file.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import pickle
-import tempfile
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +28,9 @@ import yaml
 
 from .config import Config, dump_config, validate
 from .errors import ConfigError, RunDirError
+from .files import atomic_write, atomic_write_text
 
 CHECKPOINTS = ("best", "last")
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` via a temporary sibling and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class RunDir:

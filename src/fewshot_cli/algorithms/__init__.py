@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import Config
-from .base import MetaAlgorithm, Params, Vectorize, map_tasks
+from .base import VECTORIZE_MODES, MetaAlgorithm, Params, Vectorize, map_tasks
 from .maml import MAML
 from .pretrain import Pretrain
 
@@ -21,4 +21,5 @@ def build(cfg: Config, model: nn.Module) -> MetaAlgorithm:
     )
 
 
-__all__ = ["MAML", "MetaAlgorithm", "Params", "Pretrain", "Vectorize", "build", "map_tasks"]
+__all__ = ["MAML", "VECTORIZE_MODES", "MetaAlgorithm", "Params", "Pretrain", "Vectorize",
+           "build", "map_tasks"]

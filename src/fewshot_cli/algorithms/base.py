@@ -10,7 +10,7 @@ tensors passed to ``torch.func.functional_call``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from ..tasks.base import TaskBatch
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Vectorize = Literal["vmap", "loop", "fused"]
+VECTORIZE_MODES: tuple[str, ...] = get_args(Vectorize)
 
 
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -41,6 +42,11 @@ LOSSES: dict[str, LossFn] = {"mse": mse, "l1": l1, "cross_entropy": cross_entrop
 
 def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.argmax(dim=-1) == y).to(out.dtype).mean()
+
+
+def stack_params(params: Params, n_tasks: int) -> Params:
+    """Every tensor repeated (as a view) along a new leading task dimension."""
+    return {k: v.expand(n_tasks, *v.shape) for k, v in params.items()}
 
 
 def map_tasks(fn: Callable[..., Any], params: Params, *tensors: torch.Tensor,
@@ -160,10 +166,9 @@ class MetaAlgorithm(nn.Module):
         """
         base = {k: v.detach() for k, v in self.params().items()}
         if mode == "fused":
-            n = len(batch)
-            stacked = {k: v.expand(n, *v.shape) for k, v in base.items()}
             _, _, seen = self.adapt(
-                stacked, batch.support_x, batch.support_y, steps, create_graph=False, fused=True,
+                stack_params(base, len(batch)), batch.support_x, batch.support_y, steps,
+                create_graph=False, fused=True,
                 observe=lambda p: self.query_metrics(p, batch.query_x, batch.query_y,
                                                      query_chunks, fused=True),
             )

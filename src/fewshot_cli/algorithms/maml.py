@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import grad_and_value, vmap
 
 from ..tasks.base import TaskBatch
-from .base import MetaAlgorithm, Params, Vectorize, accuracy, map_tasks
+from .base import MetaAlgorithm, Params, Vectorize, accuracy, map_tasks, stack_params
 
 
 class MAML(MetaAlgorithm):
@@ -47,10 +47,9 @@ class MAML(MetaAlgorithm):
     def _fused_outer_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
         """All tasks at once through the network's ``forward_tasks`` (same numbers)."""
         n = len(batch)
-        params = {k: v.expand(n, *v.shape) for k, v in self.params().items()}
-        fast, support, _ = self.adapt(params, batch.support_x, batch.support_y,
-                                      self.inner_steps, create_graph=not self.first_order,
-                                      fused=True)
+        fast, support, _ = self.adapt(stack_params(self.params(), n), batch.support_x,
+                                      batch.support_y, self.inner_steps,
+                                      create_graph=not self.first_order, fused=True)
         out = self.forward_with(fast, batch.query_x, fused=True)
         loss = vmap(self.loss_fn)(out, batch.query_y).mean()
         metrics = {"inner_loss": support / n}

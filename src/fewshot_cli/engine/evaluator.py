@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..algorithms import VECTORIZE_MODES
 from ..errors import ConfigError
 from ..rundir import RunDir
 from . import vectorize
@@ -88,9 +89,7 @@ def evaluate(run: RunDir, settings: EvalSettings) -> dict[str, Any]:
     chunks = queries if (classification and query_batch == "per_class") else 1
 
     mode_name = run.read_meta().get("vectorize", {}).get("mode")
-    mode = mode_name if mode_name in ("vmap", "loop", "fused") else vectorize.choose(exp, "auto")[0]
-    if mode == "fused" and not exp.algo.can_fuse:
-        mode = "vmap"
+    mode = mode_name if mode_name in VECTORIZE_MODES else vectorize.choose(exp, "auto")[0]
 
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

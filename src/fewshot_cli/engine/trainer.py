@@ -32,7 +32,7 @@ from ..config import Config
 from ..rundir import RunDir
 from ..tasks import TaskBatch
 from . import vectorize
-from .setup import Experiment, build_experiment
+from .setup import Experiment
 
 VAL_SEED_OFFSET = 1_000_003
 
@@ -115,12 +115,10 @@ def run_meta(exp: Experiment, command: list[str], mode_info: dict[str, Any]) -> 
     }
 
 
-def train(exp: Experiment | Config, run: RunDir, command: list[str] | None = None,
+def train(exp: Experiment, run: RunDir, command: list[str] | None = None,
           console: Console | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Meta-train ``exp`` (or a config, built here) into ``run``; returns meta.json's contents."""
+    """Meta-train ``exp`` into ``run``; returns the final meta.json contents."""
     console = console or Console(stderr=True)
-    if isinstance(exp, Config):
-        exp = build_experiment(exp)
     cfg = exp.cfg
     algo, device, dtype = exp.algo, exp.device, exp.dtype
     mode, mode_info = vectorize.choose(exp, cfg.train.vectorize)

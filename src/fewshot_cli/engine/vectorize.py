@@ -15,19 +15,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..algorithms import Vectorize
+from ..algorithms import VECTORIZE_MODES, Vectorize
 from ..errors import ConfigError
+from ..files import atomic_write_text, cache_root
 from .setup import Experiment
-
-
-def cache_dir() -> Path:
-    """``$FEWSHOT_CACHE`` or ``~/.cache/fewshot``."""
-    return Path(os.environ.get("FEWSHOT_CACHE", Path.home() / ".cache" / "fewshot"))
 
 
 def _key(exp: Experiment) -> str:
@@ -84,14 +79,14 @@ def measure(exp: Experiment) -> dict[str, float]:
 
 def choose(exp: Experiment, requested: str) -> tuple[Vectorize, dict[str, Any]]:
     """The mode to use and how it was decided (for meta.json)."""
-    if requested in ("vmap", "loop", "fused"):
+    if requested in VECTORIZE_MODES:
         if requested == "fused" and not exp.algo.can_fuse:
             raise ConfigError(
                 f"train.vectorize: fused needs a network with forward_tasks (conv4), found "
                 f"{exp.cfg.model.kind}"
             )
         return requested, {"requested": requested}  # type: ignore[return-value]
-    path = cache_dir() / "vectorize.json"
+    path = cache_root() / "vectorize.json"
     key = _key(exp)
     try:
         cache = json.loads(path.read_text())
@@ -105,10 +100,7 @@ def choose(exp: Experiment, requested: str) -> tuple[Vectorize, dict[str, Any]]:
         source = "measured"
         cache[key] = timings
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(cache, indent=1))
         except OSError:
             pass  # an unwritable cache only costs a re-measurement next time
     mode: Vectorize = min(timings, key=timings.get)  # type: ignore[assignment]

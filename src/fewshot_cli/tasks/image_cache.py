@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..files import atomic_write, cache_root
 
 log = logging.getLogger("fewshot")
 
@@ -112,16 +112,6 @@ class ImageSet:
         order = torch.argsort(self.labels, stable=True)
         counts = torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
         return list(torch.split(order, counts))
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$FEWSHOT_CACHE``, else ``~/.cache/fewshot``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("FEWSHOT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.cache/fewshot").expanduser()
 
 
 def one_line(err: BaseException) -> str:
@@ -270,15 +260,8 @@ def _write_cache(path: Path, key: str, data: ImageSet) -> bool:
         "class_names": data.class_names,
         "files": "\0".join(data.files),  # one string: much faster to unpickle than a list
     }
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache holds nothing secret
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda fh: torch.save(payload, fh))
         return True
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
         warnings.warn(
@@ -287,12 +270,6 @@ def _write_cache(path: Path, key: str, data: ImageSet) -> bool:
             stacklevel=3,
         )
         return False
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def load_image_set(
