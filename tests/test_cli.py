@@ -14,15 +14,16 @@ from typer.testing import CliRunner
 from fewshot_cli.cli import app
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sine-maml.yaml"
+PRETRAIN = CONFIG.with_name("sine-pretrain.yaml")
 SHORT = ["--set", "train.iterations=40", "--set", "train.log_every=5", "--set",
          "train.val_every=20", "--set", "train.val_tasks=10", "--set", "train.checkpoint_every=20",
          "--set", "algorithm.meta_batch=4", "--set", "train.vectorize=vmap", "--no-progress"]
 runner = CliRunner()
 
 
-def train(tmp_path: Path, name: str, *extra: str) -> Path:
+def train(tmp_path: Path, name: str, *extra: str, config: Path = CONFIG) -> Path:
     run = tmp_path / name
-    r = runner.invoke(app, ["train", str(CONFIG), *SHORT, *extra, "--run-dir", str(run)])
+    r = runner.invoke(app, ["train", str(config), *SHORT, *extra, "--run-dir", str(run)])
     assert r.exit_code == 0, r.output
     return run
 
@@ -87,7 +88,7 @@ def test_plot_writes_valid_pngs(trained: Path) -> None:
     runner.invoke(app, ["eval", str(trained), "--tasks", "10", "--steps", "2"])
     r = runner.invoke(app, ["plot", str(trained)])
     assert r.exit_code == 0, r.output
-    for name in ("loss", "inner", "fit", "adaptation"):
+    for name in ("loss", "metrics", "fit", "adaptation"):
         path = trained / "plots" / f"{name}.png"
         with Image.open(path) as im:
             im.verify()
@@ -117,7 +118,7 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
 
 
 def test_pretrain_baseline_end_to_end(tmp_path: Path) -> None:
-    run = train(tmp_path, "pre", "--set", "algorithm.kind=pretrain")
+    run = train(tmp_path, "pre", config=PRETRAIN)
     r = runner.invoke(app, ["eval", str(run), "--tasks", "10", "--steps", "2"])
     assert r.exit_code == 0, r.output
     assert json.loads((run / "eval.json").read_text())["per_step"][2]["loss"]["n"] == 10

@@ -5,17 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot_cli.algorithms import MAML
-from fewshot_cli.config import SinusoidTask
+from fewshot_cli.algorithms import Context, Progress
+from fewshot_cli.algorithms.maml import MAML
+from fewshot_cli.config import MAMLConfig, SinusoidTask
 from fewshot_cli.models import MLP
 from fewshot_cli.tasks.sinusoid import SinusoidTasks
+
+EVAL = Context(training=False)
 
 
 def _setup(steps: int = 2, first_order: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     model = MLP(1, 1, [5, 4]).double()
-    algo = MAML(model, "mse", inner_lr=0.05, inner_steps=steps, classification=False,
-                first_order=first_order)
+    algo = MAML(model, MAMLConfig(loss="mse", inner_lr=0.05, inner_steps=steps,
+                                  first_order=first_order), "regression")
     batch = SinusoidTasks(SinusoidTask(shots=5, queries=6)).sample(
         3, torch.Generator().manual_seed(seed)).to("cpu", torch.float64)
     return algo, batch
@@ -23,7 +26,7 @@ def _setup(steps: int = 2, first_order: bool = False, seed: int = 0):
 
 def _meta_grad(algo: MAML, batch, mode: str) -> torch.Tensor:
     algo.zero_grad()
-    loss, _ = algo.outer_loss(batch, mode)
+    loss, _ = algo.meta_loss(batch, mode, Progress(1, 1))
     loss.backward()
     return torch.cat([p.grad.flatten() for p in algo.parameters()])
 
@@ -82,10 +85,11 @@ def test_first_order_is_query_gradient_at_adapted_params() -> None:
         fast = [p.detach().clone().requires_grad_() for p in algo.parameters()]
         names = [n for n, _ in algo.model.named_parameters()]
         for _ in range(algo.inner_steps):
-            loss = algo.task_loss(dict(zip(names, fast)), batch.support_x[t], batch.support_y[t])
+            loss = algo.task_loss(dict(zip(names, fast)), batch.support_x[t], batch.support_y[t],
+                                  EVAL)
             grads = torch.autograd.grad(loss, fast)
             fast = [(p - algo.inner_lr * g).detach().requires_grad_() for p, g in zip(fast, grads)]
-        q = algo.task_loss(dict(zip(names, fast)), batch.query_x[t], batch.query_y[t])
+        q = algo.task_loss(dict(zip(names, fast)), batch.query_x[t], batch.query_y[t], EVAL)
         expected += torch.cat([g.flatten() for g in torch.autograd.grad(q, fast)]) / len(batch)
     assert torch.allclose(got, expected, atol=1e-12)
     second, _ = _setup(steps=2, first_order=False)
@@ -102,12 +106,18 @@ def test_vmap_equals_loop_mlp(first_order: bool) -> None:
 
 
 def test_adaptation_curve_vmap_equals_loop_and_improves() -> None:
-    algo, batch = _setup(steps=1, seed=4)
+    algo, _ = _setup(steps=1, seed=4)
+    # enough support points that descending on them must also help on the queries
+    batch = SinusoidTasks(SinusoidTask(shots=50, queries=50)).sample(
+        3, torch.Generator().manual_seed(4)).to("cpu", torch.float64)
+    algo.inner_lr = 0.01
     a = algo.adaptation_curve(batch, 5, "vmap")
     b = algo.adaptation_curve(batch, 5, "loop")
     assert a.shape == (3, 6, 1)
     assert (a - b).abs().max() < 1e-10
     # the first query loss equals the un-adapted network's loss
     params = algo.params()
-    first = algo.task_loss(params, batch.query_x[0], batch.query_y[0])
+    first = algo.task_loss(params, batch.query_x[0], batch.query_y[0], EVAL)
     assert abs(a[0, 0, 0].item() - first.item()) < 1e-12
+    # and adaptation helps: the mean query loss falls over the five steps
+    assert a[:, 5, 0].mean() < 0.95 * a[:, 0, 0].mean()

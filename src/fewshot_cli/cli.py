@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
+import math
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import dump_config, load_config
-from .errors import FewshotError
+from .errors import ConfigError, FewshotError
 
 app = typer.Typer(
     add_completion=False,
@@ -29,63 +29,92 @@ def _fail(e: FewshotError) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
+class CheckpointChoice(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class QueryBatch(str, Enum):
+    all = "all"
+    per_class = "per_class"
+
+
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML experiment config.")],
+    config: Annotated[Path | None, typer.Argument(
+        help="YAML experiment config (not with --resume).", show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a config value: section.key=value (YAML; repeatable).")] = None,
+        "--set", metavar="KEY=VALUE",
+        help="Override a config value: section.key=value (YAML; repeatable).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        metavar="RUN_DIR", help="Continue RUN_DIR from checkpoints/last.pt (exactly).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the resolved config and exit; writes nothing.")] = False,
     run_dir: Annotated[Path | None, typer.Option(
-        help="Write the run here (must not exist) instead of runs/<name>-<stamp>.")] = None,
-    runs_root: Annotated[Path, typer.Option(help="Folder for new run directories.")] = Path("runs"),
+        metavar="PATH", help="Write the run here (must not exist) instead of runs/<name>-<stamp>.")
+    ] = None,
+    runs_root: Annotated[Path, typer.Option(
+        metavar="DIR", help="Folder for new run directories.")] = Path("runs"),
     device: Annotated[str | None, typer.Option(
-        help="auto | cpu | cuda | cuda:N (overrides the config's device).")] = None,
+        metavar="DEVICE", help="auto | cpu | cuda | cuda:N (overrides the config's device).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
-    """Meta-train a model; writes a new run directory."""
-    from .engine.trainer import train as run_training
-    from .rundir import RunDir
-
+    """Meta-train a model into a new run directory, or --resume one."""
     overrides = list(set_ or [])
     if device:
         overrides.append(f"device={device}")
     try:
-        cfg = load_config(config, overrides)
-        if dry_run:
-            out.print(dump_config(cfg), end="", highlight=False, markup=False)
-            return
-        from .engine.setup import build_experiment
+        if resume is not None:
+            if config is not None:
+                raise ConfigError("--resume continues a run with its own config.yaml; "
+                                  "do not pass CONFIG too")
+            from .engine.runner import resume as resume_run
 
-        exp = build_experiment(cfg)  # data and device errors surface before any folder exists
-        run = RunDir.create(cfg.name, runs_root, run_dir)
-        err.print(f"run directory: [bold]{run.path}[/]", highlight=False)
-        try:
-            meta = run_training(exp, run, command=sys.argv, console=err, show_progress=progress)
-        except KeyboardInterrupt:
-            err.print(f"interrupted; last.pt and metrics are in {run.path}", highlight=False)
-            raise typer.Exit(130) from None
-        except FewshotError:
-            if not run.checkpoint_path("last").exists():
-                shutil.rmtree(run.path, ignore_errors=True)  # nothing of value was written
-            raise
+            run, outcome = resume_run(resume, overrides, console=err, show_progress=progress)
+        else:
+            if config is None:
+                raise ConfigError("missing CONFIG (a YAML experiment config), or --resume RUN_DIR")
+            cfg = load_config(config, overrides)
+            if dry_run:
+                out.print(dump_config(cfg), end="", highlight=False, markup=False)
+                return
+            from .engine.runner import start
+
+            run, outcome = start(cfg, runs_root=runs_root, run_dir=run_dir, console=err,
+                                 show_progress=progress)
+    except KeyboardInterrupt:
+        err.print("interrupted before the run started; nothing was written", highlight=False)
+        raise typer.Exit(130) from None
     except FewshotError as e:
         raise _fail(e) from None
-    best = meta.get("best_val_loss")
-    best_text = f", best validation loss {best:.4g}" if best is not None and best < float("inf") \
-        else ""
-    err.print(
-        f"{meta['status']}: {meta['iteration']} iterations in {meta['wall_seconds']:.1f} s "
-        f"(vectorize={meta['vectorize']['mode']}){best_text}",
-        highlight=False,
-    )
-    out.print(str(run.path), highlight=False)
+    _report(run, outcome)
+
+
+def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
+    meta = outcome.meta
+    if outcome.status == "diverged":
+        err.print(f"[bold red]error:[/] {outcome.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if outcome.message:
+        err.print(outcome.message, highlight=False, soft_wrap=True)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+    if "wall_seconds" in meta and meta.get("status") == outcome.status:
+        best = meta.get("best_val_loss")
+        best_text = f", best validation loss {best:.4g}" if isinstance(best, float) else ""
+        mode = (meta.get("vectorize") or {}).get("mode")
+        err.print(f"{outcome.status}: {outcome.iteration} iterations in "
+                  f"{meta['wall_seconds']:.1f} s (vectorize={mode}){best_text}",
+                  highlight=False, soft_wrap=True)
+    out.print(str(run.path), highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fewshot train`.")],
-    checkpoint: Annotated[str | None, typer.Option(help="best | last")] = None,
+    checkpoint: Annotated[CheckpointChoice | None, typer.Option(
+        help="Which checkpoint [default: the config's eval.checkpoint, best].")] = None,
     tasks: Annotated[int | None, typer.Option(min=1, help="Number of test tasks.")] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Largest inner-step count.")] = None,
     shots: Annotated[int | None, typer.Option(
@@ -95,30 +124,45 @@ def eval_(
     seed: Annotated[int | None, typer.Option(help="Evaluation task seed.")] = None,
     inner_lr: Annotated[float | None, typer.Option(
         help="Inner step size at test time (default: the run's inner_lr).")] = None,
-    query_batch: Annotated[str | None, typer.Option(
+    query_batch: Annotated[QueryBatch | None, typer.Option(
         help="all: classify all queries in one batch; per_class: batches of one query "
              "per class.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    device: Annotated[str | None, typer.Option(
+        metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = None,
 ) -> None:
     """Adapt to new test tasks with 0..S inner steps; prints a table, writes eval.json."""
-    from .engine.evaluator import EvalSettings, evaluate
-    from .errors import ConfigError
+    from .engine.evaluator import eval_settings, evaluate
     from .rundir import RunDir
 
     try:
-        if checkpoint not in (None, "best", "last"):
-            raise ConfigError(f"--checkpoint: expected best or last, found {checkpoint!r}")
-        if inner_lr is not None and inner_lr <= 0:
-            raise ConfigError(f"--inner-lr: expected a value > 0, found {inner_lr}")
-        if query_batch not in (None, "all", "per_class"):
-            raise ConfigError(f"--query-batch: expected all or per_class, found {query_batch!r}")
+        if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
+            raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
         run = RunDir.open(run_dir)
-        result = evaluate(run, EvalSettings(checkpoint, tasks, steps, shots, queries, seed,
-                                            inner_lr, query_batch, device))
+        _warn_killed(run)
+        settings = eval_settings(
+            run.read_config(), checkpoint=checkpoint and checkpoint.value, tasks=tasks,
+            steps=steps, shots=shots, queries=queries, seed=seed,
+            query_batch=query_batch and query_batch.value)
+        result = evaluate(run, settings, device, inner_lr)
     except FewshotError as e:
         raise _fail(e) from None
     _print_eval(result)
+    try:
+        run.write_eval(result)
+    except OSError as e:
+        err.print(f"[bold red]error:[/] {run.eval_path}: cannot save the results above "
+                  f"({e.strerror or e})", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     err.print(f"wrote {run.eval_path}", highlight=False)
+
+
+def _warn_killed(run) -> None:  # noqa: ANN001 - RunDir
+    if run.status() == "killed":
+        meta = run.read_meta()
+        err.print(f"note: {run.path} was killed while training (no process holds it; last "
+                  f"checkpoint at iteration {meta.get('checkpoint_iteration', '?')}); "
+                  f"resume it with: fewshot train --resume {run.path}", highlight=False,
+                  soft_wrap=True)
 
 
 def _fmt(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
@@ -157,21 +201,21 @@ def _print_eval(result: dict) -> None:
 @app.command()
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fewshot train`.")],
-    checkpoint: Annotated[str, typer.Option(help="best | last, for the task figures.")] = "best",
+    checkpoint: Annotated[CheckpointChoice, typer.Option(
+        help="Checkpoint for the task figures.")] = CheckpointChoice.best,
 ) -> None:
     """Draw the run's curves into RUN_DIR/plots/*.png."""
-    from .errors import ConfigError
     from .plots import plot_run
     from .rundir import RunDir
 
     try:
-        if checkpoint not in ("best", "last"):
-            raise ConfigError(f"--checkpoint: expected best or last, found {checkpoint!r}")
-        paths = plot_run(RunDir.open(run_dir), checkpoint)
+        run = RunDir.open(run_dir)
+        _warn_killed(run)
+        paths = plot_run(run, checkpoint.value)
     except FewshotError as e:
         raise _fail(e) from None
     for p in paths:
-        out.print(str(p), highlight=False)
+        out.print(str(p), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,9 +38,13 @@ def _check_range(value: Range, what: str) -> Range:
 
 
 # --------------------------------------------------------------------------- tasks
+Problem = Literal["regression", "classification"]
+
+
 class SinusoidTask(Section):
     """Sinusoid regression (Finn et al. 2017, sec. 5.1): y = A sin(x - phase) + noise."""
 
+    problem: ClassVar[Problem] = "regression"
     kind: Literal["sinusoid"] = "sinusoid"
     amplitude: Range = (0.1, 5.0)
     phase: Range = (0.0, math.pi)
@@ -65,6 +70,7 @@ class SinusoidTask(Section):
 class ImageTask(Section):
     """Common keys of N-way K-shot image classification tasks."""
 
+    problem: ClassVar[Problem] = "classification"
     ways: Annotated[int, Field(ge=2)] = 5
     shots: PosInt = 1
     queries: PosInt = 1
@@ -146,18 +152,50 @@ ModelConfig = Annotated[Union[MLPModel, Conv4Model], Field(discriminator="kind")
 
 
 # --------------------------------------------------------------------------- algorithm
-class AlgorithmConfig(Section):
-    """Meta-learning algorithm and its optimisation settings."""
+class AlgorithmSection(Section):
+    """Keys every algorithm has: the inner loop, its loss, and the meta-optimiser.
 
-    kind: Literal["maml", "pretrain"] = "maml"
+    Each ``algorithm.kind`` is a subclass with its own keys; defining the
+    subclass here is all the config needs (the union below collects them), and
+    ``fewshot_cli.algorithms`` maps the kind to its implementation.
+    """
+
     inner_lr: PosFloat = 0.01
     inner_steps: PosInt = 1
     eval_inner_steps: PosInt = 10
-    first_order: bool = False
     loss: Literal["auto", "mse", "l1", "cross_entropy"] = "auto"
     meta_optimizer: Literal["adam", "sgd"] = "adam"
     meta_lr: PosFloat = 1e-3
     meta_batch: PosInt = 25
+
+    @field_validator("inner_lr", "meta_lr")
+    @classmethod
+    def _finite(cls, v: float, info: Any) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"{info.field_name} must be a finite number, found {v}")
+        return v
+
+
+class MAMLConfig(AlgorithmSection):
+    """MAML (Finn et al. 2017); ``first_order`` gives FOMAML."""
+
+    kind: Literal["maml"] = "maml"
+    first_order: bool = False
+
+
+class PretrainConfig(AlgorithmSection):
+    """The MAML paper's pretrained baseline: joint training, fine-tuned at test time."""
+
+    kind: Literal["pretrain"] = "pretrain"
+
+
+ALGORITHM_SECTIONS: dict[str, type[AlgorithmSection]] = {
+    c.model_fields["kind"].default: c for c in AlgorithmSection.__subclasses__()
+}
+AlgorithmConfig = Annotated[
+    Union[tuple(ALGORITHM_SECTIONS.values())],  # type: ignore[valid-type]
+    Field(discriminator="kind"),
+]
 
 
 class TrainConfig(Section):
@@ -171,6 +209,8 @@ class TrainConfig(Section):
     vectorize: Literal["auto", "vmap", "loop", "fused"] = "auto"
     max_seconds: PosFloat | None = None
     dtype: Literal["float32", "float64"] = "float32"
+    keep_checkpoints: Annotated[int, Field(ge=0)] = 0
+    tensorboard: bool = False
 
 
 class EvalConfig(Section):
@@ -194,7 +234,7 @@ class Config(Section):
     device: str = "auto"
     task: TaskConfig = Field(default_factory=SinusoidTask)
     model: ModelConfig = Field(default_factory=MLPModel)
-    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=MAMLConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -215,12 +255,14 @@ class Config(Section):
                 f"found {self.algorithm.loss}"
             )
         if self.problem == "regression" and self.algorithm.loss == "cross_entropy":
-            raise ValueError("algorithm.loss must be mse or l1 for sinusoid tasks")
+            raise ValueError(
+                f"algorithm.loss must be mse or l1 for {self.task.kind} tasks, found cross_entropy")
         return self
 
     @property
-    def problem(self) -> Literal["regression", "classification"]:
-        return "regression" if self.task.kind == "sinusoid" else "classification"
+    def problem(self) -> Problem:
+        """Regression or classification: a property of the task kind."""
+        return self.task.problem
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready dict (tuples as lists)."""
@@ -232,10 +274,10 @@ _KIND_CLASSES: dict[str, dict[str, type[Section]]] = {
     "task": {c.model_fields["kind"].default: c for c in
              (SinusoidTask, OmniglotTask, MiniImagenetTask, ImageFolderTask)},
     "model": {c.model_fields["kind"].default: c for c in (MLPModel, Conv4Model)},
+    "algorithm": dict(ALGORITHM_SECTIONS),
 }
-_SECTION_CLASSES: dict[str, type[Section]] = {
-    "algorithm": AlgorithmConfig, "train": TrainConfig, "eval": EvalConfig,
-}
+_DEFAULT_KIND = {"task": "sinusoid", "model": "mlp", "algorithm": "maml"}
+_SECTION_CLASSES: dict[str, type[Section]] = {"train": TrainConfig, "eval": EvalConfig}
 
 
 def _section_class(section: str, data: dict[str, Any]) -> type[Section] | None:
@@ -244,9 +286,24 @@ def _section_class(section: str, data: dict[str, Any]) -> type[Section] | None:
     if section in _KIND_CLASSES:
         raw = data.get(section)
         kind = raw.get("kind") if isinstance(raw, dict) else None
-        default = "sinusoid" if section == "task" else "mlp"
-        return _KIND_CLASSES[section].get(kind or default)
+        return _KIND_CLASSES[section].get(kind or _DEFAULT_KIND[section])
     return None
+
+
+MAX_QUOTE = 80
+
+
+def quote(value: Any, limit: int = MAX_QUOTE) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error line never quotes a whole file."""
+    text = reprlib_repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def reprlib_repr(value: Any) -> str:
+    """A bounded repr: containers are abbreviated before they are formatted in full."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = MAX_QUOTE, MAX_QUOTE, 6, 6, 3
+    return r.repr(value)
 
 
 def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
@@ -270,12 +327,13 @@ def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
         return f"unknown key '{key}'{suggestion}; valid keys: {', '.join(choices)}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         options = ", ".join(_KIND_CLASSES.get(loc[0], {}))
-        return f"{key}.kind: expected one of {options}, found {found!r}"
-    msg = err["msg"]
+        tag = (err.get("ctx") or {}).get("tag", found)
+        return f"{key}.kind: expected one of {options}, found {quote(tag)}"
+    msg = err["msg"][:200]
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     if " found " in msg:  # our own validators already say what they found
         return f"{key}: {msg}"
-    return f"{key}: {msg}, found {found!r}"
+    return f"{key}: {msg}, found {quote(found)}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -310,19 +368,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
-    """Default ``task.kind`` to sinusoid and ``model.kind`` to the task's usual network."""
+    """Default ``task.kind`` to sinusoid, ``model.kind`` to the task's usual network and
+    ``algorithm.kind`` to maml."""
     data = dict(data)
     task = data.get("task")
     if task is None:
         task = data["task"] = {}
     if isinstance(task, dict) and "kind" not in task:
         data["task"] = task = {"kind": "sinusoid", **task}
-    task_kind = task.get("kind") if isinstance(task, dict) else None
+    task_cls = _KIND_CLASSES["task"].get(task.get("kind")) if isinstance(task, dict) else None
     model = data.get("model")
     if model is None:
         model = {}
     if isinstance(model, dict) and "kind" not in model:
-        data["model"] = {"kind": "mlp" if task_kind == "sinusoid" else "conv4", **model}
+        regression = task_cls is not None and task_cls.problem == "regression"
+        data["model"] = {"kind": "mlp" if regression else "conv4", **model}
+    algorithm = data.get("algorithm")
+    if algorithm is None:
+        algorithm = {}
+    if isinstance(algorithm, dict) and "kind" not in algorithm:
+        data["algorithm"] = {"kind": _DEFAULT_KIND["algorithm"], **algorithm}
     return data
 
 
@@ -342,7 +407,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -352,6 +417,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read config ({e})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty (expected at least a task: section; "
+                          "see configs/ for examples)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
     try:

@@ -2,10 +2,13 @@
 
 Works on a finished run, one still training, or one stopped early: curves
 come from ``metrics.jsonl``; task figures load ``best.pt`` (or ``last.pt``).
+``metrics.png`` draws every metric the algorithm reported, whatever its name:
+a scalar as one curve, a per-step list as one curve per step.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .engine.evaluator import load_experiment  # noqa: E402
+from .engine.setup import Experiment  # noqa: E402
 from .errors import RunDirError  # noqa: E402
-from .rundir import RunDir  # noqa: E402
+from .files import atomic_write  # noqa: E402
+from .rundir import TRAINER_KEYS, RunDir  # noqa: E402
 
 PLOT_SEED = 777
 
@@ -35,12 +40,26 @@ def _log_scale_helps(values: list[float]) -> bool:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write the figure ({e.strerror or e})") from None
     return path
+
+
+def algorithm_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """Names of the metrics the algorithm reported (every row key the trainer and
+    validation did not write), in order of first appearance."""
+    names: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in TRAINER_KEYS and not k.startswith("val_") and (
+                    isinstance(v, (int, float, list)) and not isinstance(v, bool)):
+                names[k] = None
+    return list(names)
 
 
 def plot_loss(run: RunDir, rows: list[dict[str, Any]]) -> Path:
@@ -59,24 +78,41 @@ def plot_loss(run: RunDir, rows: list[dict[str, Any]]) -> Path:
     return _save(fig, run.plots_dir / "loss.png")
 
 
-def plot_inner(run: RunDir, rows: list[dict[str, Any]]) -> Path | None:
-    rows = [r for r in rows if r.get("inner_loss")]
-    if not rows:
+def _numbers(value: Any) -> list[float] | None:
+    values = value if isinstance(value, list) else [value]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return [float(v) for v in values]
+    return None
+
+
+def plot_metrics(run: RunDir, rows: list[dict[str, Any]]) -> Path | None:
+    """One panel per algorithm metric; a per-step list gives one curve per step."""
+    names = algorithm_metrics(rows)
+    if not names:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = len(rows[0]["inner_loss"])
-    for k in range(steps):
-        pts = [(r["iteration"], r["inner_loss"][k]) for r in rows if len(r["inner_loss"]) > k]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=f"before inner step {k + 1}")
-    vals = [v for r in rows for v in r["inner_loss"]]
-    if _log_scale_helps(vals):
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("support loss")
-    ax.set_title("support loss at each inner step")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _save(fig, run.plots_dir / "inner.png")
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 3 * len(names)), squeeze=False,
+                             sharex=True)
+    for ax, name in zip(axes[:, 0], names):
+        series: dict[int, list[tuple[int, float]]] = {}
+        for r in rows:
+            values = _numbers(r.get(name)) if name in r else None
+            for k, v in enumerate(values or []):
+                if math.isfinite(v):
+                    series.setdefault(k, []).append((r["iteration"], v))
+        vector = any(isinstance(r.get(name), list) for r in rows)
+        for k, pts in sorted(series.items()):
+            label = f"step {k}" if vector else name
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=label)
+        values = [p[1] for pts in series.values() for p in pts]
+        if _log_scale_helps(values):
+            ax.set_yscale("log")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if vector and len(series) > 1:
+            ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("iteration")
+    fig.suptitle("metrics reported by the algorithm (training window means)")
+    return _save(fig, run.plots_dir / "metrics.png")
 
 
 def plot_accuracy(run: RunDir, rows: list[dict[str, Any]]) -> Path | None:
@@ -117,9 +153,8 @@ def plot_adaptation(run: RunDir, result: dict[str, Any]) -> Path:
     return _save(fig, run.plots_dir / "adaptation.png")
 
 
-def plot_fit(run: RunDir, checkpoint: str) -> Path:
+def plot_fit(run: RunDir, exp: Experiment, checkpoint: str) -> Path:
     """Four test sinusoids: truth, support points, prediction after 0, 1 and N steps."""
-    exp, _ = load_experiment(run, checkpoint, device="cpu")
     source, algo = exp.source, exp.algo
     batch = source.sample(4, torch.Generator().manual_seed(PLOT_SEED), "test").to(
         "cpu", exp.dtype)
@@ -145,9 +180,8 @@ def plot_fit(run: RunDir, checkpoint: str) -> Path:
     return _save(fig, run.plots_dir / "fit.png")
 
 
-def plot_episode(run: RunDir, checkpoint: str) -> Path:
+def plot_episode(run: RunDir, exp: Experiment) -> Path:
     """One test task: its support images and its queries marked right (green) or wrong (red)."""
-    exp, _ = load_experiment(run, checkpoint, device="cpu")
     algo, cfg = exp.algo, exp.cfg
     batch = exp.source.sample(1, torch.Generator().manual_seed(PLOT_SEED), "test").to(
         "cpu", exp.dtype)
@@ -201,18 +235,25 @@ def plot_episode(run: RunDir, checkpoint: str) -> Path:
 
 
 def plot_run(run: RunDir, checkpoint: str = "best") -> list[Path]:
-    """Write every figure that the run's files allow; returns their paths."""
+    """Write every figure that the run's files allow; returns their paths.
+
+    Everything is read and checked (metrics, checkpoint) before the first file
+    is written, so a refusal leaves the plots folder as it was.
+    """
     rows = run.read_metrics()
-    if not rows and not run.checkpoint_path("last").is_file():
-        raise RunDirError(f"{run.path}: nothing to plot yet (no metrics.jsonl rows, no checkpoint)")
+    if not rows:
+        raise RunDirError(f"{run.metrics_path}: nothing to plot yet (no metrics rows; "
+                          "the first is written after train.log_every iterations)")
     cfg = run.read_config()
-    written: list[Path | None] = [plot_loss(run, rows), plot_inner(run, rows)]
+    exp = None
+    if any(run.checkpoint_path(w).is_file() for w in ("best", "last")):
+        exp, _ = load_experiment(run, checkpoint, device="cpu")
+    written: list[Path | None] = [plot_loss(run, rows), plot_metrics(run, rows)]
     if cfg.problem == "classification":
         written.append(plot_accuracy(run, rows))
-    has_ckpt = any(run.checkpoint_path(w).is_file() for w in ("best", "last"))
-    if has_ckpt:
-        written.append(plot_fit(run, checkpoint) if cfg.problem == "regression"
-                       else plot_episode(run, checkpoint))
+    if exp is not None:
+        written.append(plot_fit(run, exp, checkpoint) if cfg.problem == "regression"
+                       else plot_episode(run, exp))
     result = run.read_eval()
     if result and result.get("per_step"):
         written.append(plot_adaptation(run, result))

@@ -6,31 +6,58 @@
       config.yaml        the resolved config that ran
       meta.json          versions, device, seed, command, status, times
       metrics.jsonl      one JSON object per logged iteration
-      checkpoints/       last.pt, best.pt (written atomically)
+      checkpoints/       last.pt, best.pt (written atomically), iter-NNNNNNN.pt
+                         (the last train.keep_checkpoints periodic ones)
+      .lock              held (flock) by the process that is training the run
       eval.json          the latest ``fewshot eval`` (earlier ones in eval-history.jsonl)
       plots/*.png        written by ``fewshot plot``
 
 Every path read or written lives here. Writes that replace a file go through
 a temporary file and ``os.replace`` so a crash never leaves half a file.
+Every JSON file is standard JSON: non-finite numbers are written as null.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
+import math
+import os
 import time
-import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from .config import Config, dump_config, validate
 from .errors import ConfigError, RunDirError
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write_text
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, a live run cannot be told from a killed one
+    fcntl = None  # type: ignore[assignment]
 
 CHECKPOINTS = ("best", "last")
+#: Keys the trainer itself writes into metrics.jsonl rows; every other key of a
+#: row is a metric the algorithm reported (plots draw those without knowing them).
+TRAINER_KEYS = ("iteration", "time", "loss", "meta_lr", "its_per_s")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any, indent: int | None = None) -> str:
+    """Standard JSON (NaN and infinities become null)."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
 
 
 class RunDir:
@@ -70,6 +97,10 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.path / "plots"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
 
     # -- creation and opening ----------------------------------------------------
     @classmethod
@@ -117,9 +148,11 @@ class RunDir:
 
     def read_config(self) -> Config:
         try:
-            data = yaml.safe_load(self.config_path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise RunDirError(f"{self.config_path}: cannot read the run's config ({e})") from None
+            data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise RunDirError(f"{self.config_path}: cannot read the run's config ({reason})"
+                              ) from None
         if not isinstance(data, dict):
             raise RunDirError(f"{self.config_path}: not a fewshot config")
         try:
@@ -128,13 +161,15 @@ class RunDir:
             raise RunDirError(str(e)) from None
 
     def read_meta(self) -> dict[str, Any]:
+        """meta.json, or {} when it is missing or not a JSON object (edited by hand)."""
         try:
-            return json.loads(self.meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return {}
+        return meta if isinstance(meta, dict) else {}
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_text(self.meta_path, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(self.meta_path, dumps(meta, indent=2) + "\n")
 
     def update_meta(self, **fields: Any) -> dict[str, Any]:
         meta = self.read_meta()
@@ -142,59 +177,143 @@ class RunDir:
         self.write_meta(meta)
         return meta
 
+    # -- lock and status -------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's writer lock (an ``flock`` the kernel drops when the process dies).
+
+        RunDirError when another live process holds it: one writer per run.
+        """
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise RunDirError(
+                    f"{self.path}: is being trained by another process (pid {holder}); "
+                    "only one writer per run") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def is_locked(self) -> bool:
+        """Whether a live process is training this run."""
+        if fcntl is None or not self.lock_path.exists():
+            return False
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    def status(self) -> str:
+        """meta.json's status, except that a ``running`` run no live process holds is
+        ``killed`` (SIGKILL, power loss: nothing could write the status)."""
+        status = self.read_meta().get("status")
+        status = status if isinstance(status, str) else "unknown"
+        if status == "running" and not self.is_locked():
+            return "killed"
+        return status
+
     # -- metrics -------------------------------------------------------------------
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(dumps(row) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All complete rows; a partially written last line (a live run) is skipped."""
+        """Every well-formed row: a JSON object with an integer ``iteration``. Anything
+        else (a partly written last line of a live run, a line edited by hand,
+        bytes that are not UTF-8) is skipped."""
         if not self.metrics_path.is_file():
             return []
+        try:
+            text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            raise RunDirError(f"{self.metrics_path}: cannot read ({e.strerror})") from None
         rows = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in text.splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except ValueError:
                 continue
+            if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+                rows.append(row)
         return rows
+
+    def truncate_metrics(self, iteration: int) -> None:
+        """Keep only the rows up to ``iteration`` (resume: no row duplicated or missing)."""
+        if not self.metrics_path.is_file():
+            return
+        lines = self.metrics_path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("iteration"), int) \
+                    and row["iteration"] <= iteration:
+                kept.append(line + "\n")
+        atomic_write_text(self.metrics_path, "".join(kept))
 
     # -- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, which: str, state: dict[str, Any]) -> None:
-        atomic_write(self.checkpoint_path(which), lambda f: torch.save(state, f))
+        from .engine import checkpoint
 
-    def load_checkpoint(self, which: str, map_location: str | torch.device = "cpu"
-                        ) -> dict[str, Any]:
-        """Read ``best`` or ``last``; falls back from a missing best to last."""
+        checkpoint.save(self.checkpoint_path(which), state)
+
+    def resolve_checkpoint(self, which: str) -> Path:
+        """The file for ``best`` or ``last``: a missing best falls back to last."""
         path = self.checkpoint_path(which)
         if which == "best" and not path.is_file() and self.checkpoint_path("last").is_file():
-            path = self.checkpoint_path("last")
-        if not path.is_file():
-            raise RunDirError(f"{path}: no checkpoint yet (has training written one?)")
+            return self.checkpoint_path("last")
+        return path
+
+    def load_checkpoint(self, which: str, map_location: Any = "cpu") -> dict[str, Any]:
+        """Read ``best`` or ``last`` (see :func:`fewshot_cli.engine.checkpoint.load`)."""
+        from .engine import checkpoint
+
+        return checkpoint.load(self.resolve_checkpoint(which), map_location)
+
+    def keep_checkpoint(self, iteration: int, keep: int) -> None:
+        """Keep ``last.pt`` as ``iter-NNNNNNN.pt`` too, and only the newest ``keep`` of those."""
+        last = self.checkpoint_path("last")
+        target = self.checkpoint_dir / f"iter-{iteration:07d}.pt"
+        target.unlink(missing_ok=True)
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
-                ValueError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise RunDirError(f"{path}: corrupt or unreadable checkpoint ({reason})") from None
-        if not isinstance(state, dict) or "algorithm" not in state:
-            raise RunDirError(f"{path}: not a fewshot checkpoint")
-        return state
+            os.link(last, target)  # last.pt is replaced by rename, so the link stays this one
+        except OSError:
+            target.write_bytes(last.read_bytes())
+        for old in sorted(self.checkpoint_dir.glob("iter-*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
 
     # -- evaluation results ------------------------------------------------------------
     def write_eval(self, result: dict[str, Any]) -> None:
         """Write eval.json; the previous one is appended to eval-history.jsonl first."""
-        if self.eval_path.is_file():
-            try:
-                previous = json.loads(self.eval_path.read_text())
-                with self.eval_history_path.open("a") as f:
-                    f.write(json.dumps(previous) + "\n")
-            except (OSError, json.JSONDecodeError):
-                pass
-        atomic_write_text(self.eval_path, json.dumps(result, indent=2) + "\n")
+        previous = self.read_eval()
+        if previous is not None:
+            with self.eval_history_path.open("a", encoding="utf-8") as f:
+                f.write(dumps(previous) + "\n")
+        atomic_write_text(self.eval_path, dumps(result, indent=2) + "\n")
 
     def read_eval(self) -> dict[str, Any] | None:
+        """eval.json, or None when missing or not an evaluation (edited by hand)."""
         try:
-            return json.loads(self.eval_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            result = json.loads(self.eval_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return None
+        if not isinstance(result, dict) or not isinstance(result.get("per_step"), list):
+            return None
+        return result

@@ -1,25 +1,35 @@
-"""Meta-learning algorithms, one file each; ``build`` maps ``algorithm.kind`` to a class."""
+"""Meta-learning algorithms, one file each, registered in ``ALGORITHMS``.
+
+Adding an algorithm is one module here (a subclass of :class:`Algorithm`),
+its config section (a subclass of ``AlgorithmSection`` in ``config.py``) and
+one line below. Modules are imported when a run asks for their kind.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from torch import nn
 
 from ..config import Config
-from .base import VECTORIZE_MODES, MetaAlgorithm, Params, Vectorize, map_tasks
-from .maml import MAML
-from .pretrain import Pretrain
+from .base import PATHS, Algorithm, Context, Params, Path, Progress, Query, Support, map_tasks
 
-_CLASSES: dict[str, type[MAML]] = {"maml": MAML, "pretrain": Pretrain}
+#: ``algorithm.kind`` -> ``module:Class`` of its implementation.
+ALGORITHMS: dict[str, str] = {
+    "maml": "maml:MAML",
+    "pretrain": "pretrain:Pretrain",
+}
 
 
-def build(cfg: Config, model: nn.Module) -> MetaAlgorithm:
+def algorithm_class(kind: str) -> type[Algorithm]:
+    module, name = ALGORITHMS[kind].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def build(cfg: Config, model: nn.Module) -> Algorithm:
     """The algorithm named by ``cfg.algorithm.kind``, wrapping ``model``."""
-    a = cfg.algorithm
-    return _CLASSES[a.kind](
-        model, loss=a.loss, inner_lr=a.inner_lr, inner_steps=a.inner_steps,
-        classification=cfg.problem == "classification", first_order=a.first_order,
-    )
+    return algorithm_class(cfg.algorithm.kind)(model, cfg.algorithm, cfg.problem)
 
 
-__all__ = ["MAML", "VECTORIZE_MODES", "MetaAlgorithm", "Params", "Pretrain", "Vectorize",
-           "build", "map_tasks"]
+__all__ = ["ALGORITHMS", "PATHS", "Algorithm", "Context", "Params", "Path", "Progress", "Query",
+           "Support", "algorithm_class", "build", "map_tasks"]

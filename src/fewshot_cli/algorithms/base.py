@@ -1,28 +1,51 @@
-"""What every meta-learning algorithm shares: losses, mapping a per-task
-function over a meta-batch, and the adaptation-curve evaluation.
+"""The algorithm plug-in interface: what every meta-learning algorithm provides,
+and what the engine (trainer, evaluator, plots) calls.
 
 An algorithm is an ``nn.Module`` that owns the network (``self.model``) and
-any extra meta-learned tensors (learned step sizes, a learned loss, ...).
-It never mutates the network during adaptation: fast weights are a dict of
-tensors passed to ``torch.func.functional_call``.
+any extra meta-learned tensors (learned step sizes, a learned loss, ...), so
+they share one ``state_dict`` and one optimiser. It never mutates the network
+during adaptation: fast weights are a dict of tensors passed to
+``torch.func.functional_call``.
+
+A subclass writes, for **one task**:
+
+- :meth:`Algorithm.inner_step` -- one adaptation step. It sees only a
+  :class:`Support` (the labelled support set and, where the task has them,
+  unlabelled inputs), the step index, and per-task state it carried from the
+  previous step. :meth:`Algorithm.adapt` runs the steps; training, validation,
+  ``fewshot eval`` and the plots all adapt through it.
+- :meth:`Algorithm.task_objective` -- the meta-training loss of one task,
+  given its :class:`Support` and :class:`Query`, and the training
+  :class:`Progress`. It returns the loss and named metrics.
+
+The engine maps the per-task functions over a meta-batch along one of the
+paths the algorithm declares in ``paths``: ``vmap`` (``torch.func.vmap``),
+``loop`` (task by task) or ``fused`` (the function is called once with
+``[B, ...]`` stacked parameters; ``self.forward`` then runs the network's
+``forward_tasks`` and losses come back per task, ``[B]``). An algorithm whose
+meta-update is not the gradient of a loss overrides :meth:`Algorithm.meta_step`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
+from torch.utils._pytree import tree_map
 
+from ..config import AlgorithmSection, Problem
 from ..tasks.base import TaskBatch
 
 Params = dict[str, torch.Tensor]
+Metrics = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Vectorize = Literal["vmap", "loop", "fused"]
-VECTORIZE_MODES: tuple[str, ...] = get_args(Vectorize)
+Path = Literal["vmap", "loop", "fused"]
+PATHS: tuple[str, ...] = get_args(Path)
 
 
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -44,154 +67,270 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.argmax(dim=-1) == y).to(out.dtype).mean()
 
 
+class Support(NamedTuple):
+    """All that adaptation may see of a task: ``x [S, ...]``, ``y [S, ...]`` and,
+    where the task has them, unlabelled inputs ``unlabelled [U, ...]`` (a
+    demonstration). With a leading task dimension on the fused path."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    unlabelled: torch.Tensor | None = None
+
+
+class Query(NamedTuple):
+    """A task's query set, for the outer objective and evaluation only."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def split(batch: TaskBatch) -> tuple[Support, Query]:
+    """The two halves of a meta-batch; only the first ever reaches adaptation."""
+    return (Support(batch.support_x, batch.support_y, batch.unlabelled_x),
+            Query(batch.query_x, batch.query_y))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where meta-training is: ``iteration`` (1-based) of ``total``."""
+
+    iteration: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.iteration / max(self.total, 1)
+
+
+@dataclass(frozen=True)
+class Context:
+    """How a per-task function is being run.
+
+    ``training``: inside meta-training (the outer loss will be differentiated);
+    ``fused``: parameters are ``[B, ...]`` stacks and inputs ``[B, n, ...]``;
+    ``progress``: the training progress (None at evaluation).
+    """
+
+    training: bool
+    fused: bool = False
+    progress: Progress | None = None
+
+
+class Adapted(NamedTuple):
+    """The result of :meth:`Algorithm.adapt`."""
+
+    params: Params
+    state: Any
+    metrics: Metrics          # name -> [steps] (``[B, steps]`` fused), one value per step
+    observed: list[Any]       # observe(params) before the first step and after each step
+
+
 def stack_params(params: Params, n_tasks: int) -> Params:
     """Every tensor repeated (as a view) along a new leading task dimension."""
     return {k: v.expand(n_tasks, *v.shape) for k, v in params.items()}
 
 
-def map_tasks(fn: Callable[..., Any], params: Params, *tensors: torch.Tensor,
-              mode: Vectorize) -> Any:
-    """Apply ``fn(params, *task_tensors)`` to every task of a meta-batch.
+def _in_dims(tree: Any) -> Any:
+    return tree_map(lambda t: None if t is None else 0, tree)
 
-    ``vmap`` maps with :func:`torch.func.vmap` (params shared, tensors split
-    along dim 0); ``loop`` calls ``fn`` task by task and stacks the results.
-    Both return the same pytree of ``[B, ...]`` tensors. (``fused`` is not a
-    mapping: algorithms run it through the network's ``forward_tasks``.)
+
+def map_tasks(fn: Callable[..., Any], params: Any, *per_task: Any, path: Path,
+              ctx: Context) -> Any:
+    """``fn(params, *task_parts, ctx)`` for every task of a meta-batch.
+
+    ``per_task`` are pytrees (e.g. :class:`Support`) of ``[B, ...]`` tensors.
+    Every path returns the same pytree of ``[B, ...]`` results: ``vmap`` maps
+    with :func:`torch.func.vmap` (params shared), ``loop`` calls ``fn`` task by
+    task and stacks, ``fused`` calls it once with params stacked to ``[B, ...]``.
     """
-    if mode == "vmap":
-        return vmap(fn, in_dims=(None,) + (0,) * len(tensors))(params, *tensors)
-    outs = [fn(params, *(t[i] for t in tensors)) for i in range(tensors[0].shape[0])]
-    return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+    first = next(t for t in torch.utils._pytree.tree_leaves(per_task[0]) if t is not None)
+    n = first.shape[0]
+    if path == "fused":
+        return fn(stack_params(params, n), *per_task, Context(ctx.training, True, ctx.progress))
+    if path == "vmap":
+        return vmap(lambda p, *parts: fn(p, *parts, ctx),
+                    in_dims=(None, *(_in_dims(t) for t in per_task)))(params, *per_task)
+    outs = [fn(params, *(tree_map(lambda t, i=i: None if t is None else t[i], t)
+                         for t in per_task), ctx) for i in range(n)]
+    return tree_map(lambda *xs: torch.stack(xs), *outs)
 
 
-class MetaAlgorithm(nn.Module):
-    """Base class: a network, a task loss, and an inner loop to adapt it.
+class Algorithm(nn.Module):
+    """Base class of the plug-ins (see the module docstring).
 
-    Subclasses define :meth:`inner_step` (one adaptation step on a task's
-    support set) and :meth:`outer_loss` (the meta-training objective of a
-    meta-batch). Training and evaluation share :meth:`adapt`.
+    Class attributes a subclass sets: ``kind`` (its ``algorithm.kind``),
+    ``paths`` (the batching paths it supports; ``fused`` also needs a network
+    with ``forward_tasks``).
     """
 
-    def __init__(self, model: nn.Module, loss: str, inner_lr: float, inner_steps: int,
-                 classification: bool) -> None:
+    kind: ClassVar[str]
+    paths: ClassVar[tuple[Path, ...]] = ("vmap", "loop")
+
+    def __init__(self, model: nn.Module, cfg: AlgorithmSection, problem: Problem) -> None:
         super().__init__()
         self.model = model
-        self.loss_name = loss
-        self.loss_fn = LOSSES[loss]
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
-        self.classification = classification
+        self.cfg = cfg
+        self.loss_fn = LOSSES[cfg.loss]
+        self.classification = problem == "classification"
+        self.inner_lr = cfg.inner_lr
+        self.inner_steps = cfg.inner_steps
 
-    # -- the functional core -------------------------------------------------
+    # -- the network, functionally ---------------------------------------------
     def params(self) -> Params:
-        """The network's meta-parameters as a name -> tensor dict."""
+        """The parameters adaptation starts from (the network's meta-learned init)."""
         return dict(self.model.named_parameters())
 
     @property
-    def can_fuse(self) -> bool:
-        """Whether the network runs many tasks' parameters at once (``forward_tasks``)."""
-        return hasattr(self.model, "forward_tasks")
+    def available_paths(self) -> tuple[Path, ...]:
+        """The declared paths this network can run (``fused`` needs ``forward_tasks``)."""
+        fusable = hasattr(self.model, "forward_tasks")
+        return tuple(p for p in self.paths if p != "fused" or fusable)
 
-    def forward_with(self, params: Params, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
-        """Network output; ``fused``: ``[B, ...]`` stacked params on ``[B, n, ...]`` inputs."""
-        if fused:
-            return self.model.forward_tasks(params, x)
+    def forward(self, params: Params, x: torch.Tensor, ctx: Context,  # type: ignore[override]
+                hidden: bool = False) -> Any:
+        """Network output (and with ``hidden`` its hidden activations) under ``params``."""
+        if ctx.fused:
+            return self.model.forward_tasks(params, x, return_hidden=hidden)
+        if hidden:
+            return functional_call(self.model, params, (x,), {"return_hidden": True})
         return functional_call(self.model, params, (x,))
 
+    def per_task(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 out: torch.Tensor, y: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """``fn(out, y)`` of one task, or ``[B]`` of every task on the fused path."""
+        return vmap(fn)(out, y) if ctx.fused else fn(out, y)
+
     def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-                  fused: bool = False) -> torch.Tensor:
-        """Loss of one task; ``fused``: the sum of the B tasks' losses.
+                  ctx: Context) -> torch.Tensor:
+        """The task loss (``algorithm.loss``) of one task (``[B]`` when fused)."""
+        return self.per_task(self.loss_fn, self.forward(params, x, ctx), y, ctx)
 
-        The gradient of that sum with respect to ``[B, ...]`` stacked params is
-        exactly the stack of per-task gradients, at any order, since task b's
-        loss depends on slice b alone.
+    def sgd_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, lr: Any,
+                 create_graph: bool, ctx: Context) -> tuple[Params, torch.Tensor]:
+        """One SGD step on the task loss; ``lr`` is a number or a dict of per-parameter
+        tensors. Returns the new parameters and the loss before the step.
+
+        On the fused path the gradient of the summed task losses with respect to
+        the ``[B, ...]`` stacks is exactly the stack of per-task gradients, at
+        any order, since task b's loss depends on slice b alone.
         """
-        if fused:
-            return vmap(self.loss_fn)(self.forward_with(params, x, fused=True), y).sum()
-        return self.loss_fn(self.forward_with(params, x), y)
+        def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = self.task_loss(p, x, y, ctx)
+            return loss.sum(), loss
 
-    def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-                   create_graph: bool, fused: bool = False) -> tuple[Params, torch.Tensor]:
-        """One adaptation step on a support set; returns (new params, support loss before it)."""
+        grads, (_, loss) = grad_and_value(total, has_aux=True)(params)
+        if not create_graph:
+            grads = {k: g.detach() for k, g in grads.items()}
+        if isinstance(lr, dict):
+            return {k: p - lr[k] * grads[k] for k, p in params.items()}, loss.detach()
+        return {k: p - lr * grads[k] for k, p in params.items()}, loss.detach()
+
+    # -- adaptation: one function for training, evaluation and plots -------------
+    def init_state(self, params: Params, support: Support, ctx: Context) -> Any:
+        """Per-task state carried across inner steps (optimiser moments, LSTM cells...)."""
+        return None
+
+    def inner_step(self, params: Params, state: Any, support: Support, step: int,
+                   ctx: Context) -> tuple[Params, Any, Metrics]:
+        """Inner step ``step`` (0-based) of one task: new params, new state, and
+        scalar metrics of the step (``[B]`` when fused)."""
         raise NotImplementedError
 
-    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, *,
-              create_graph: bool, observe: Callable[[Params], Any] | None = None,
-              fused: bool = False) -> tuple[Params, torch.Tensor, list]:
-        """Run ``steps`` inner steps on one task's support set ``(x, y)``.
+    def adapt(self, params: Params, support: Support, steps: int, ctx: Context,
+              observe: Callable[[Params], Any] | None = None) -> Adapted:
+        """Run ``steps`` inner steps of one task (all tasks when ``ctx.fused``).
 
-        Returns the adapted params, the support loss before each step
-        (``[steps]``), and ``observe(params)`` evaluated before the first step
-        and after every step (``steps + 1`` entries; empty when not given).
-        With ``fused`` the same runs for all tasks at once: params are
-        ``[B, ...]`` stacks, inputs ``[B, n, ...]``, and losses task sums.
+        ``observe(params)`` is called before the first step and after each one
+        (query metrics at evaluation, a multi-step loss in training).
         """
-        losses, seen = [], []
-        if observe is not None:
-            seen.append(observe(params))
-        for _ in range(steps):
-            params, loss = self.inner_step(params, x, y, create_graph, fused)
-            losses.append(loss)
+        state = self.init_state(params, support, ctx)
+        seen = [observe(params)] if observe is not None else []
+        per_step: list[Metrics] = []
+        for step in range(steps):
+            params, state, m = self.inner_step(params, state, support, step, ctx)
+            per_step.append(m)
             if observe is not None:
                 seen.append(observe(params))
-        support = torch.stack(losses) if losses else x.new_zeros(0)
-        return params, support, seen
+        metrics = {k: torch.stack([m[k] for m in per_step], dim=-1) for k in
+                   (per_step[0] if per_step else {})}
+        return Adapted(params, state, metrics, seen)
 
-    def outer_loss(self, batch: TaskBatch, mode: Vectorize) -> tuple[torch.Tensor, dict]:
-        """Meta-training loss of a meta-batch and its metrics (detached tensors)."""
+    # -- the outer objective -------------------------------------------------------
+    def task_objective(self, params: Params, support: Support, query: Query,
+                       ctx: Context) -> tuple[torch.Tensor, Metrics]:
+        """Meta-training loss of one task (``[B]`` when fused) and named metrics,
+        each a scalar or a per-step vector per task."""
         raise NotImplementedError
 
-    # -- evaluation ------------------------------------------------------------
-    def query_metrics(self, params: Params, qx: torch.Tensor, qy: torch.Tensor,
-                      chunks: int, fused: bool = False) -> torch.Tensor:
-        """Query loss (and accuracy for classification) of one task, ``[1 or 2]``
-        (``[B, 1 or 2]`` when ``fused``).
+    def meta_loss(self, batch: TaskBatch, path: Path, progress: Progress
+                  ) -> tuple[torch.Tensor, Metrics]:
+        """Mean outer loss of a meta-batch and its metrics averaged over tasks."""
+        support, query = split(batch)
+        loss, metrics = map_tasks(self.task_objective, self.params(), support, query,
+                                  path=path, ctx=Context(True, progress=progress))
+        return loss.mean(), {k: v.detach().mean(0) for k, v in metrics.items()}
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The meta-optimiser over every meta-parameter (``meta_optimizer``, ``meta_lr``)."""
+        opt = torch.optim.Adam if self.cfg.meta_optimizer == "adam" else torch.optim.SGD
+        return opt(self.parameters(), lr=self.cfg.meta_lr)
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer, total: int
+                            ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """A schedule stepped after every meta-update (saved in ``last.pt``); none by default."""
+        return None
+
+    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
+                  optimizer: torch.optim.Optimizer) -> Metrics:
+        """One meta-update; returns detached metrics, ``loss`` among them.
+
+        The default descends the gradient of :meth:`meta_loss`. Override it for
+        a meta-update that is not a loss gradient (e.g. Reptile).
+        """
+        loss, metrics = self.meta_loss(batch, path, progress)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.detach(), **metrics}
+
+    # -- evaluation ------------------------------------------------------------------
+    def query_metrics(self, params: Params, query: Query, ctx: Context,
+                      chunks: int = 1) -> torch.Tensor:
+        """``[loss]`` or ``[loss, accuracy]`` of one task's queries (``[B, m]`` fused).
 
         With ``chunks > 1`` the queries are classified in that many separate
         forward passes (batch norm then sees each chunk's statistics).
         """
-        dim = 1 if fused else 0
-        outs = [self.forward_with(params, x, fused) for x in qx.chunk(chunks, dim=dim)]
+        dim = 1 if ctx.fused else 0
+        outs = [self.forward(params, x, ctx) for x in query.x.chunk(chunks, dim=dim)]
         out = torch.cat(outs, dim=dim) if len(outs) > 1 else outs[0]
         metrics = [self.loss_fn] + ([accuracy] if self.classification else [])
-        if fused:
-            return torch.stack([vmap(m)(out, qy) for m in metrics], dim=-1)
-        return torch.stack([m(out, qy) for m in metrics])
+        return torch.stack([self.per_task(m, out, query.y, ctx) for m in metrics], dim=-1)
 
-    def adaptation_curve(self, batch: TaskBatch, steps: int, mode: Vectorize,
+    def adaptation_curve(self, batch: TaskBatch, steps: int, path: Path,
                          query_chunks: int = 1) -> torch.Tensor:
-        """Query metrics after 0..steps inner steps, ``[B, steps + 1, 1 or 2]``.
-
-        The outer parameters are not differentiated (evaluation only).
-        """
+        """Query metrics after 0..steps inner steps, ``[B, steps + 1, m]`` (no outer graph)."""
         base = {k: v.detach() for k, v in self.params().items()}
-        if mode == "fused":
-            _, _, seen = self.adapt(
-                stack_params(base, len(batch)), batch.support_x, batch.support_y, steps,
-                create_graph=False, fused=True,
-                observe=lambda p: self.query_metrics(p, batch.query_x, batch.query_y,
-                                                     query_chunks, fused=True),
-            )
-            return torch.stack(seen, dim=1).detach()
 
-        def one(params: Params, sx, sy, qx, qy) -> torch.Tensor:
-            _, _, seen = self.adapt(
-                params, sx, sy, steps, create_graph=False,
-                observe=lambda p: self.query_metrics(p, qx, qy, query_chunks),
-            )
-            return torch.stack(seen)
+        def one(params: Params, support: Support, query: Query, ctx: Context) -> torch.Tensor:
+            seen = self.adapt(params, support, steps, ctx,
+                              observe=lambda p: self.query_metrics(p, query, ctx,
+                                                                   query_chunks)).observed
+            return torch.stack(seen, dim=-2)
 
-        return map_tasks(one, base, batch.support_x, batch.support_y, batch.query_x,
-                         batch.query_y, mode=mode).detach()
-
-    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """Network output for one task's inputs (plots)."""
-        with torch.no_grad():
-            return self.forward_with(params, x)
+        support, query = split(batch)
+        return map_tasks(one, base, support, query, path=path,
+                         ctx=Context(training=False)).detach()
 
     def adapt_one(self, batch: TaskBatch, index: int, steps: int) -> Params:
         """Adapted parameters of task ``index`` after ``steps`` inner steps (plots)."""
         base = {k: v.detach() for k, v in self.params().items()}
-        params, _, _ = self.adapt(base, batch.support_x[index], batch.support_y[index], steps,
-                                  create_graph=False)
+        support, _ = split(batch)
+        one = Support(*(None if t is None else t[index] for t in support))
+        params = self.adapt(base, one, steps, Context(training=False)).params
         return {k: v.detach() for k, v in params.items()}
+
+    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Network output for one task's inputs (plots)."""
+        with torch.no_grad():
+            return self.forward(params, x, Context(training=False))

@@ -2,6 +2,8 @@
 "pretrained"): one network trained by ordinary supervised learning on the
 mixture of all tasks (support and query points pooled, no inner loop), then
 fine-tuned at test time with the same SGD inner loop as MAML.
+
+Metrics: for classification, the ``accuracy`` of the joint model.
 """
 
 from __future__ import annotations
@@ -9,20 +11,22 @@ from __future__ import annotations
 import torch
 
 from ..tasks.base import TaskBatch
-from .base import Vectorize, accuracy
+from .base import Metrics, Path, Progress, accuracy
 from .maml import MAML
 
 
 class Pretrain(MAML):
-    """Joint training on pooled task data; evaluation adapts like MAML."""
+    """Joint training on pooled task data; adaptation (evaluation) is MAML's SGD step."""
 
-    def outer_loss(self, batch: TaskBatch, mode: Vectorize) -> tuple[torch.Tensor, dict]:
+    kind = "pretrain"
+
+    def meta_loss(self, batch: TaskBatch, path: Path, progress: Progress
+                  ) -> tuple[torch.Tensor, Metrics]:
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)
         out = self.model(x.flatten(0, 1))
         target = y.flatten(0, 1)
-        loss = self.loss_fn(out, target)
-        metrics: dict = {"inner_loss": loss.detach().new_zeros(0)}
+        metrics: Metrics = {}
         if self.classification:
             metrics["accuracy"] = accuracy(out, target).detach()
-        return loss, metrics
+        return self.loss_fn(out, target), metrics

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 
 from .. import algorithms, models, tasks
-from ..algorithms import MetaAlgorithm
+from ..algorithms import Algorithm
 from ..config import Config
 from ..errors import ConfigError
 from ..tasks import TaskSource
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
 
 def resolve_device(spec: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU; an unavailable device is an error."""
+    if not DEVICE_PATTERN.fullmatch(spec):
+        raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, found {spec!r}")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
@@ -40,7 +44,7 @@ class Experiment:
     device: torch.device
     dtype: torch.dtype
     source: TaskSource
-    algo: MetaAlgorithm
+    algo: Algorithm
 
 
 def build_experiment(cfg: Config, device: torch.device | None = None) -> Experiment:

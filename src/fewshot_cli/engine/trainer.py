@@ -1,18 +1,29 @@
-"""The meta-training loop.
+"""The meta-training loop, and how it stops, checkpoints and resumes.
 
-One iteration: draw a meta-batch from the run's own task generator, compute
-the algorithm's outer loss (inner loops inside), step the meta-optimiser.
-Every ``log_every`` iterations a row goes to ``metrics.jsonl``; every
-``val_every`` the fixed validation tasks are evaluated; ``last.pt`` is
-written every ``checkpoint_every`` and ``best.pt`` when validation improves.
+One iteration draws a meta-batch from the run's own task generator and hands
+it to ``algo.meta_step`` (inner loops inside, then the meta-update). Every
+``log_every`` iterations the algorithm's metrics, averaged over the window,
+go to ``metrics.jsonl``; every ``val_every`` the fixed validation tasks are
+evaluated; ``last.pt`` is written every ``checkpoint_every`` and ``best.pt``
+when validation improves.
+
+Stops lose nothing: SIGINT and SIGTERM only raise a flag, checked between
+iterations, so the saved state is always the state between two iterations;
+``last.pt`` then holds everything an uninterrupted run would have in memory
+(parameters, optimiser, every RNG, the open log window, elapsed time), and
+``fewshot train --resume`` continues bit-identically.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import platform
-import sys
+import signal
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,22 +38,84 @@ from rich.progress import (
 )
 
 from .. import __version__
-from ..algorithms import Vectorize
-from ..config import Config
+from ..algorithms import Path
+from ..algorithms import Progress as TrainProgress
+from ..errors import FewshotError, RunDirError
 from ..rundir import RunDir
 from ..tasks import TaskBatch
-from . import vectorize
+from . import checkpoint
+from .evaluator import divergence_summary
 from .setup import Experiment
 
 VAL_SEED_OFFSET = 1_000_003
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:  # noqa: ANN001
-    if cfg.algorithm.meta_optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.algorithm.meta_lr)
-    return torch.optim.SGD(params, lr=cfg.algorithm.meta_lr)
+# ----------------------------------------------------------------------------- stop signals
+class StopSignals:
+    """SIGINT / SIGTERM raise a flag instead of an exception, while installed.
+
+    The loop finishes (or never starts) the current iteration, saves and exits;
+    a second signal during the save changes nothing.
+    """
+
+    def __init__(self, on_first: Callable[[int], None] | None = None) -> None:
+        self.signum: int | None = None
+        self._on_first = on_first
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.signum is None and self._on_first is not None:
+            self._on_first(signum)
+        self.signum = self.signum or signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNAL_EXIT:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
 
 
+# ----------------------------------------------------------------------------- log window
+@dataclass
+class Window:
+    """Sums of the metrics since the last ``metrics.jsonl`` row."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    n: int = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            v = v.detach()
+            self.sums[k] = v.clone() if k not in self.sums else self.sums[k] + v
+        self.n += 1
+
+    def flush(self) -> dict[str, Any]:
+        """Window means: a float per scalar metric, a list per vector metric."""
+        row: dict[str, Any] = {}
+        for k, v in self.sums.items():
+            mean = (v / self.n).tolist()
+            row[k] = mean if isinstance(mean, list) else mean
+        self.sums, self.n = {}, 0
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.n = dict(state["sums"]), int(state["n"])
+
+
+# ----------------------------------------------------------------------------- validation
 def validation_tasks(exp: Experiment) -> list[TaskBatch]:
     """The fixed held-out tasks, in evaluation-sized chunks, drawn once per run.
 
@@ -61,42 +134,43 @@ def validation_tasks(exp: Experiment) -> list[TaskBatch]:
     return chunks
 
 
-def validate(exp: Experiment, chunks: list[TaskBatch], mode: Vectorize) -> dict[str, Any]:
-    """Mean query loss (and accuracy) after 0..eval_inner_steps steps on the validation tasks."""
+def validate(exp: Experiment, chunks: list[TaskBatch], path: Path) -> dict[str, Any]:
+    """Query loss (and accuracy) after 0..eval_inner_steps steps on the validation tasks,
+    under the same divergence policy as ``fewshot eval``."""
     steps = exp.cfg.algorithm.eval_inner_steps
     curves = torch.cat([
-        exp.algo.adaptation_curve(c.to(exp.device, exp.dtype), steps, mode) for c in chunks
+        exp.algo.adaptation_curve(c.to(exp.device, exp.dtype), steps, path).cpu() for c in chunks
     ])
-    finite = torch.isfinite(curves[..., 0]).all(dim=1)
-    curves = curves[finite] if finite.any() else curves
-    mean = curves.mean(dim=0)
+    per_step = divergence_summary(curves)
     out: dict[str, Any] = {
-        "val_loss": mean[-1, 0].item(),
-        "val_loss_steps": [round(v, 6) for v in mean[:, 0].tolist()],
-        "val_diverged": int((~finite).sum()),
+        "val_loss": per_step[-1]["loss"]["mean"],
+        "val_loss_steps": [_round(r["loss"]["mean"]) for r in per_step],
+        "val_diverged": per_step[-1]["loss"]["diverged"],
     }
     if exp.algo.classification:
-        out["val_accuracy"] = mean[-1, 1].item()
-        out["val_accuracy_steps"] = [round(v, 6) for v in mean[:, 1].tolist()]
+        out["val_accuracy"] = per_step[-1]["accuracy"]["mean"]
+        out["val_accuracy_steps"] = [_round(r["accuracy"]["mean"]) for r in per_step]
     return out
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[rate]} it/s"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)
 
 
-def run_meta(exp: Experiment, command: list[str], mode_info: dict[str, Any]) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class Outcome:
+    """How training ended: status for meta.json, exit code, a line for the user."""
+
+    status: str
+    iteration: int
+    exit_code: int
+    message: str
+    meta: dict[str, Any]
+
+
+def run_meta(exp: Experiment, command: list[str], path_info: dict[str, Any]) -> dict[str, Any]:
+    """meta.json of a new run."""
     return {
         "fewshot": __version__,
         "torch": torch.__version__,
@@ -107,122 +181,185 @@ def run_meta(exp: Experiment, command: list[str], mode_info: dict[str, Any]) -> 
                         else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(),
         "seed": exp.cfg.seed,
+        "algorithm": exp.cfg.algorithm.kind,
+        "task": exp.cfg.task.kind,
         "command": command,
-        "vectorize": mode_info,
+        "vectorize": path_info,
         "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pid": os.getpid(),
+        "started": _now(),
         "iteration": 0,
     }
 
 
-def train(exp: Experiment, run: RunDir, command: list[str] | None = None,
-          console: Console | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Meta-train ``exp`` into ``run``; returns the final meta.json contents."""
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def rate_text(its_per_s: float) -> str:
+    """``12 it/s``, or ``3.4 s/it`` when slower than one iteration per second."""
+    if its_per_s >= 1:
+        return f"{its_per_s:.0f} it/s"
+    return f"{1 / its_per_s:.2g} s/it" if its_per_s > 0 else "- it/s"
+
+
+def _params_finite(algo: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in algo.parameters())
+
+
+def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
+          resume: dict[str, Any] | None = None, console: Console | None = None,
+          show_progress: bool = True, tensorboard: Any = None) -> Outcome:
+    """Meta-train ``exp`` into ``run`` along batching ``path``, from scratch or from
+    the ``last.pt`` state ``resume``. The run directory's config and meta.json
+    exist already; this writes metrics, checkpoints and the final status."""
     console = console or Console(stderr=True)
-    cfg = exp.cfg
+    cfg, t = exp.cfg, exp.cfg.train
     algo, device, dtype = exp.algo, exp.device, exp.dtype
-    mode, mode_info = vectorize.choose(exp, cfg.train.vectorize)
-    mode_info["mode"] = mode
-    optimizer = make_optimizer(cfg, algo.parameters())
+    optimizer = algo.configure_optimizer()
+    scheduler = algo.configure_scheduler(optimizer, t.iterations)
     generator = torch.Generator().manual_seed(cfg.seed)
+    window = Window()
+    it, elapsed_before, best = 0, 0.0, math.inf
+    if resume is not None:
+        algo.load_state_dict(resume["algorithm"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and resume.get("scheduler") is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        checkpoint.restore_rng(resume["rng"], generator)
+        tr = resume["trainer"]
+        window.load_state_dict(tr["window"])
+        it, elapsed_before = int(resume["iteration"]), float(tr["elapsed"])
+        best = math.inf if tr["best_val_loss"] is None else float(tr["best_val_loss"])
     val_chunks = validation_tasks(exp)
+    config_dict = cfg.to_dict()
 
-    run.write_config(cfg)
-    meta = run_meta(exp, command or sys.argv, mode_info)
-    run.write_meta(meta)
-
-    t = cfg.train
-    best = math.inf
-    start = time.perf_counter()
-    window_loss = torch.zeros((), device=device, dtype=dtype)
-    window_inner = None
-    window_acc = torch.zeros((), device=device, dtype=dtype)
-    window_n = 0
-    last_log_time, last_log_iter = start, 0
-    status = "failed"
-
-    def checkpoint(iteration: int) -> None:
-        run.save_checkpoint("last", {
-            "format": 1,
-            "iteration": iteration,
-            "algorithm": algo.state_dict(),
+    def state(iteration: int, elapsed: float) -> dict[str, Any]:
+        return {
+            "iteration": iteration, "config": config_dict, "algorithm": algo.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "best_val_loss": best,
-        })
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "rng": checkpoint.rng_state(generator),
+            "trainer": {"elapsed": elapsed, "best_val_loss": None if math.isinf(best) else best,
+                        "window": window.state_dict(), "path": path},
+        }
 
+    saved = it if resume is not None else None
+
+    def save_last(iteration: int, elapsed: float) -> None:
+        nonlocal saved
+        run.save_checkpoint("last", state(iteration, elapsed))
+        saved = iteration
+        if t.keep_checkpoints:
+            run.keep_checkpoint(iteration, t.keep_checkpoints)
+        run.update_meta(iteration=iteration, checkpoint_iteration=iteration,
+                        train_seconds=round(elapsed, 3))
+
+    status, exit_code, message = "failed", 1, ""
+    start = time.perf_counter()
+    last_log_time, last_log_iter = start, it
     progress = _progress(console) if show_progress else None
-    it = 0
+    bar = None
     try:
         if progress:
             progress.start()
-            bar = progress.add_task("train", total=t.iterations, loss="-", rate="-")
-        for it in range(1, t.iterations + 1):
+            bar = progress.add_task("train", total=t.iterations, completed=it, loss="-",
+                                    rate="-")
+        if resume is None:
+            save_last(0, 0.0)  # a run stopped before its first checkpoint resumes from here
+        while True:
+            if stop.requested:
+                status = "interrupted"
+                save_last(it, elapsed_before + time.perf_counter() - start)
+                exit_code = SIGNAL_EXIT.get(stop.signum, 130)
+                message = (f"interrupted at iteration {it}; last.pt saved. Resume with: "
+                           f"fewshot train --resume {run.path}")
+                break
+            if it >= t.iterations:
+                status, exit_code = "completed", 0
+                break
+            it += 1
             batch = exp.source.sample(cfg.algorithm.meta_batch, generator, "train")
-            batch = batch.to(device, dtype)
-            loss, metrics = algo.outer_loss(batch, mode)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-            window_loss += loss.detach()
-            inner = metrics["inner_loss"]
-            window_inner = inner if window_inner is None else window_inner + inner
-            if "accuracy" in metrics:
-                window_acc += metrics["accuracy"]
-            window_n += 1
-            final = it == t.iterations or (
-                t.max_seconds is not None and time.perf_counter() - start >= t.max_seconds)
+            metrics = algo.meta_step(batch.to(device, dtype), path,
+                                     TrainProgress(it, t.iterations), optimizer)
+            if scheduler is not None:
+                scheduler.step()
+            loss = metrics.get("loss")
+            if loss is not None and not math.isfinite(loss.item()):
+                status = "diverged"
+                message = (f"training diverged at iteration {it}: the training loss is "
+                           f"{loss.item()}; kept the last good checkpoint (iteration {saved})")
+                break
+            window.add(metrics)
+            elapsed = elapsed_before + time.perf_counter() - start
+            timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
+            final = it == t.iterations or timed_out
 
             row: dict[str, Any] = {}
             if it % t.log_every == 0 or final:
                 now = time.perf_counter()
-                row.update({
-                    "loss": window_loss.item() / window_n,
-                    "inner_loss": [v / window_n for v in window_inner.tolist()],
-                    "meta_lr": optimizer.param_groups[0]["lr"],
-                    "its_per_s": (it - last_log_iter) / max(now - last_log_time, 1e-9),
-                })
-                if algo.classification:
-                    row["accuracy"] = window_acc.item() / window_n
-                window_loss.zero_()
-                window_acc.zero_()
-                window_inner, window_n = None, 0
+                row.update(window.flush())
+                row["meta_lr"] = optimizer.param_groups[0]["lr"]
+                row["its_per_s"] = (it - last_log_iter) / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_iter = now, it
             if val_chunks and (it % t.val_every == 0 or final):
-                val = validate(exp, val_chunks, mode)
+                val = validate(exp, val_chunks, path)
                 row.update(val)
-                if val["val_loss"] < best:
+                if val["val_loss"] is not None and val["val_loss"] < best:
                     best = val["val_loss"]
-                    run.save_checkpoint("best", {
-                        "format": 1, "iteration": it, "algorithm": algo.state_dict(),
-                        "val_loss": best,
-                    })
+                    run.save_checkpoint("best", {"iteration": it, "config": config_dict,
+                                                 "algorithm": algo.state_dict(),
+                                                 "val_loss": best})
             if row:
-                row = {"iteration": it,
-                       "time": round(time.perf_counter() - start, 3), **row}
+                row = {"iteration": it, "time": round(elapsed, 3), **row}
                 run.append_metrics(row)
+                if tensorboard is not None:
+                    tensorboard.log(row)
                 if progress and "loss" in row:
                     progress.update(bar, loss=f"{row['loss']:.4g}",
-                                    rate=f"{row['its_per_s']:.0f}")
+                                    rate=rate_text(row["its_per_s"]))
             if it % t.checkpoint_every == 0 or final:
-                checkpoint(it)
+                if not _params_finite(algo):
+                    status = "diverged"
+                    message = (f"training diverged at iteration {it}: the parameters are not "
+                               f"finite; kept the last good checkpoint (iteration {saved})")
+                    break
+                save_last(it, elapsed_before + time.perf_counter() - start)
             if progress and (it & 7 == 0 or final):
                 progress.update(bar, completed=it)
-            if final:
+            if timed_out:
+                status, exit_code = "stopped at train.max_seconds", 0
                 break
-        status = "completed" if it == t.iterations else "stopped at train.max_seconds"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        if it > 0:
-            checkpoint(it)
+    except FewshotError as e:
+        message = str(e)
         raise
     finally:
         if progress:
             progress.stop()
-        meta = run.update_meta(
-            status=status, iteration=it, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            wall_seconds=round(time.perf_counter() - start, 3), best_val_loss=best,
-        )
-    return meta
+        if tensorboard is not None:
+            tensorboard.close()
+        fields = {"status": status, "ended": _now(),
+                  "wall_seconds": round(time.perf_counter() - start, 3),
+                  "best_val_loss": None if math.isinf(best) else best}
+        if status != "diverged":
+            fields["iteration"] = it
+        try:
+            meta = run.update_meta(**fields)
+        except (OSError, RunDirError):
+            meta = {**run.read_meta(), **fields}
+    return Outcome(status, it, exit_code, message, meta)

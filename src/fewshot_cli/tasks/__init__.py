@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Problem, Split, TaskBatch, TaskSource
+from .base import Split, TaskBatch, TaskSource
 
 _BUILDERS: dict[str, str] = {
     "sinusoid": "sinusoid",
@@ -25,4 +25,4 @@ def build(cfg) -> TaskSource:  # noqa: ANN001 - any task config section
     return module.build(cfg)
 
 
-__all__ = ["Problem", "Split", "TaskBatch", "TaskSource", "build"]
+__all__ = ["Split", "TaskBatch", "TaskSource", "build"]

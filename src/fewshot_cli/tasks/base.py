@@ -12,8 +12,9 @@ from typing import Literal, Protocol
 
 import torch
 
+from ..config import Problem
+
 Split = Literal["train", "val", "test"]
-Problem = Literal["regression", "classification"]
 
 
 @dataclass
@@ -22,9 +23,10 @@ class TaskBatch:
     ``query_x [B, Q, ...]``, ``query_y [B, Q, ...]``.
 
     Regression targets are float ``[B, n, 1]``; classification labels are
-    int64 ``[B, n]`` in ``0..ways-1``. ``info`` carries per-task extras that
-    plots may use (e.g. sinusoid amplitude/phase, or class names); the
-    algorithms never read it.
+    int64 ``[B, n]`` in ``0..ways-1``. ``unlabelled_x [B, U, ...]`` holds
+    unlabelled inputs (a demonstration) for tasks that have them. ``info``
+    carries per-task extras that plots may use (e.g. sinusoid amplitude/phase,
+    or class names); the algorithms never read it.
     """
 
     support_x: torch.Tensor
@@ -32,6 +34,7 @@ class TaskBatch:
     query_x: torch.Tensor
     query_y: torch.Tensor
     info: dict[str, object] = field(default_factory=dict)
+    unlabelled_x: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -46,18 +49,7 @@ class TaskBatch:
 
         return TaskBatch(
             move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
-            dict(self.info),
-        )
-
-    def select(self, index: slice | list[int] | torch.Tensor) -> TaskBatch:
-        """A sub-batch of the tasks at ``index`` (info values that are tensors are indexed too)."""
-        info = {
-            k: (v[index] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
-            for k, v in self.info.items()
-        }
-        return TaskBatch(
-            self.support_x[index], self.support_y[index],
-            self.query_x[index], self.query_y[index], info,
+            dict(self.info), None if self.unlabelled_x is None else move(self.unlabelled_x),
         )
 
 

@@ -1,0 +1,128 @@
+"""The checkpoint format: what ``last.pt`` and ``best.pt`` hold, written
+atomically and read back safely.
+
+Format 2 (a plain dict; only tensors and plain Python data, so it loads with
+``torch.load(weights_only=True)`` and never runs code):
+
+- ``format``, ``iteration``, ``config`` (the resolved config it was trained
+  with, as a dict), ``algorithm`` (the algorithm's ``state_dict``);
+- ``last`` only: ``optimizer``, ``scheduler`` (or None), ``rng`` (the task
+  generator, torch, CUDA, Python and NumPy states) and ``trainer`` (elapsed
+  training time, best validation loss, the open log window, the batching path);
+- ``best`` only: ``val_loss``.
+
+Format 1 (the first release: no config, no trainer state) is still read for
+``eval`` and ``plot``; it cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import RunDirError
+from ..files import atomic_write
+
+FORMAT = 2
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (an earlier file survives any failure)."""
+    try:
+        atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write checkpoint ({e.strerror or e}); "
+                          "the previous checkpoint is kept") from None
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`; one clear error for anything else."""
+    if not path.is_file():
+        raise RunDirError(f"{path}: no checkpoint yet (has training written one?)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False; never pass that advice on.
+        if "GLOBAL" in str(e):
+            raise RunDirError(
+                f"{path}: refused: the file holds pickled Python code or objects, not only "
+                "tensors and plain data, so it is not a fewshot checkpoint; it was not loaded"
+            ) from None
+        raise RunDirError(f"{path}: corrupt or unreadable checkpoint (not a torch checkpoint "
+                          "file)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, TypeError,
+            AttributeError, IndexError, KeyError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("algorithm"), dict):
+        raise RunDirError(f"{path}: not a fewshot checkpoint (no algorithm state dict)")
+    fmt = state.get("format")
+    if fmt not in (1, FORMAT):
+        raise RunDirError(f"{path}: checkpoint format {fmt!r} is not one this version reads "
+                          f"(1 or {FORMAT})")
+    if not isinstance(state.get("iteration", 0), int):
+        raise RunDirError(f"{path}: not a fewshot checkpoint (iteration is not a number)")
+    if fmt == FORMAT and not isinstance(state.get("config"), dict):
+        raise RunDirError(f"{path}: not a fewshot checkpoint (no config)")
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- RNG state
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a run uses: its task generator, torch, CUDA, Python, NumPy."""
+    np_state = np.random.get_state()
+    return {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+    }
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Put back what :func:`rng_state` saved."""
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+
+
+# ----------------------------------------------------------------------------- config check
+#: Config keys that may differ between a checkpoint and the run's config.yaml:
+#: where the data lives, how long and how to train or evaluate, the device.
+FREE_KEYS = ("name", "device", "train.", "eval.", "task.root", "task.download", "task.cache_dir")
+
+
+def config_differences(trained: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: checkpoint value -> config value`` for every key outside :data:`FREE_KEYS`
+    that the run's config changed since the checkpoint was written."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(a.keys() | b.keys()):
+                walk(a.get(k), b.get(k), f"{prefix}{k}.")
+            return
+        key = prefix[:-1]
+        if a != b and not any(key == f or key.startswith(f) for f in FREE_KEYS if f):
+            out.append(f"{key}: {a!r} in the checkpoint, {b!r} in config.yaml")
+
+    walk(trained, current, "")
+    return out
