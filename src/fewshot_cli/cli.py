@@ -100,7 +100,7 @@ def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
         err.print(outcome.message, highlight=False, soft_wrap=True)
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
-    if "wall_seconds" in meta and meta.get("status") == outcome.status:
+    if outcome.trained:
         best = meta.get("best_val_loss")
         best_text = f", best validation loss {best:.4g}" if isinstance(best, float) else ""
         mode = (meta.get("vectorize") or {}).get("mode")

@@ -82,9 +82,9 @@ def resume(path: Path, overrides: list[str], *, console: Console,
            show_progress: bool = True) -> tuple[RunDir, Outcome]:
     """Continue a run from ``checkpoints/last.pt`` (from the start if it has none)."""
     run = RunDir.open(path)
+    status = run.status()  # before taking the lock, which would make it look alive
     with StopSignals(_announce(console)) as stop, run.lock():
         meta = run.read_meta()
-        status = run.status()
         cfg = resume_config(run, overrides)
         last = run.checkpoint_path("last")
         state = checkpoint.load(last) if last.is_file() else None
@@ -98,12 +98,12 @@ def resume(path: Path, overrides: list[str], *, console: Console,
         if done >= cfg.train.iterations:
             return run, Outcome(status, done, 0,
                                 f"{run.path}: already completed ({done} iterations); nothing "
-                                "changed. Extend it with --set train.iterations=N", meta)
+                                "changed. Extend it with --set train.iterations=N", meta, False)
         if cfg.train.max_seconds is not None and elapsed >= cfg.train.max_seconds:
             return run, Outcome(status, done, 0,
                                 f"{run.path}: stopped at train.max_seconds "
                                 f"({cfg.train.max_seconds:g} s of training); nothing changed. "
-                                "Raise it with --set train.max_seconds=S", meta)
+                                "Raise it with --set train.max_seconds=S", meta, False)
         if cfg.train.tensorboard:
             from .tensorboard import require_tensorboard
 

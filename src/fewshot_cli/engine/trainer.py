@@ -167,6 +167,7 @@ class Outcome:
     exit_code: int
     message: str
     meta: dict[str, Any]
+    trained: bool = True  # False when --resume found nothing to do
 
 
 def run_meta(exp: Experiment, command: list[str], path_info: dict[str, Any]) -> dict[str, Any]:
