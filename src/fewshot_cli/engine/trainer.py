@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import random
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import (
@@ -247,6 +249,9 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
         window.load_state_dict(tr["window"])
         it, elapsed_before = int(resume["iteration"]), float(tr["elapsed"])
         best = math.inf if tr["best_val_loss"] is None else float(tr["best_val_loss"])
+    else:  # torch is seeded when the network is built; Python's and NumPy's RNGs here
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
     val_chunks = validation_tasks(exp)
     config_dict = cfg.to_dict()
 
