@@ -2,12 +2,12 @@
 
 Paths:
 
-* ``loop``     -- ``map_tasks(mode="loop")``: one task at a time.
+* ``loop``     -- ``map_tasks(path="loop")``: one task at a time.
 * ``loop-cl``  -- the same with channels-last inputs.
-* ``vmap``     -- ``map_tasks(mode="vmap")``: ``torch.func.vmap`` over tasks.
+* ``vmap``     -- ``map_tasks(path="vmap")``: ``torch.func.vmap`` over tasks.
 * ``fused``    -- ``Conv4.forward_tasks``: every task's network in one grouped
   convolution per layer (task b's filters are group b), native batch norm:
-  ``algo.outer_loss(batch, "fused")``.
+  ``algo.meta_loss(batch, "fused", progress)``.
 
 One meta-iteration is forward + backward + an Adam step on random data of the
 requested shape (Omniglot 1x28x28 by default; no dataset needed). All paths
@@ -39,7 +39,9 @@ from collections.abc import Callable
 
 import torch
 
-from fewshot_cli.algorithms import MAML
+from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms.maml import MAML
+from fewshot_cli.config import MAMLConfig
 from fewshot_cli.models import Conv4
 from fewshot_cli.tasks.base import TaskBatch
 
@@ -116,18 +118,20 @@ class Bench:
         dtype = getattr(torch, args.dtype)
         model = Conv4((args.channels, args.image_size, args.image_size), args.ways,
                       filters=args.filters, strided=args.strided)
-        self.algo = MAML(model, "cross_entropy", inner_lr=0.4, inner_steps=args.steps,
-                         classification=True, first_order=args.first_order)
+        cfg = MAMLConfig(loss="cross_entropy", inner_lr=0.4, inner_steps=args.steps,
+                         first_order=args.first_order, meta_optimizer="adam", meta_lr=1e-3)
+        self.algo = MAML(model, cfg, "classification")
         self.algo.to(args.device, dtype)
-        self.optimizer = torch.optim.Adam(self.algo.parameters(), lr=1e-3)
+        self.optimizer = self.algo.configure_optimizer()  # Adam, lr 1e-3
         self.batch = random_batch(args, dtype, args.device)
         self.batch_cl = channels_last(self.batch)
         self.device = args.device
+        progress = Progress(1, 1)
         self.objective: dict[str, Callable[[], torch.Tensor]] = {
-            "loop": lambda: self.algo.outer_loss(self.batch, "loop")[0],
-            "loop-cl": lambda: self.algo.outer_loss(self.batch_cl, "loop")[0],
-            "vmap": lambda: self.algo.outer_loss(self.batch, "vmap")[0],
-            "fused": lambda: self.algo.outer_loss(self.batch, "fused")[0],
+            "loop": lambda: self.algo.meta_loss(self.batch, "loop", progress)[0],
+            "loop-cl": lambda: self.algo.meta_loss(self.batch_cl, "loop", progress)[0],
+            "vmap": lambda: self.algo.meta_loss(self.batch, "vmap", progress)[0],
+            "fused": lambda: self.algo.meta_loss(self.batch, "fused", progress)[0],
         }
 
     def sync(self) -> None:

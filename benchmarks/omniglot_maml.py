@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("FEWSHOT_OMNIGLOT",
                                    ROOT.parent / "shared" / "data" / "omniglot"))
@@ -57,6 +59,7 @@ def main() -> None:
     result = json.loads((run / "eval.json").read_text())
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if "val_accuracy" in r]
+    val_tasks = yaml.safe_load((run / "config.yaml").read_text())["train"]["val_tasks"]
     s = result["settings"]
 
     lines = [
@@ -79,7 +82,7 @@ def main() -> None:
     for r in result["per_step"]:
         a = r["accuracy"]
         lines.append(f"| {r['step']} | {100 * a['mean']:.2f} ± {100 * a['ci95']:.2f} |")
-    lines += ["", "Validation accuracy (200 fixed validation tasks, after "
+    lines += ["", f"Validation accuracy ({val_tasks} fixed validation tasks, after "
               f"{len(val[0]['val_accuracy_steps']) - 1 if val else '?'} steps) against time:", "",
               "| iteration | seconds | val accuracy % |", "| ---: | ---: | ---: |"]
     marks = val if len(val) <= 15 else [val[int(i * (len(val) - 1) / 14)] for i in range(15)]

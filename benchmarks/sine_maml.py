@@ -2,7 +2,8 @@
 
 1. ``fewshot train configs/sine-maml.yaml`` in full (wall time of the whole
    command, validation and checkpoints included), and the pretrained
-   baseline (same config, ``algorithm.kind=pretrain``).
+   baseline (``configs/sine-pretrain.yaml``: the same config with
+   ``algorithm.kind: pretrain``).
 2. ``fewshot eval`` of both at K = 5, 10, 20 on 600 test tasks (100 query
    points each), reporting the MSE after 0, 1 and 10 steps; the baseline is
    also evaluated over a sweep of test-time step sizes and its best kept.
@@ -30,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sine-maml.yaml"
+PRETRAIN_CONFIG = ROOT / "configs" / "sine-pretrain.yaml"
 SHOTS = (5, 10, 20)
 REPORT_STEPS = (0, 1, 10)
 BASELINE_LRS = (0.001, 0.003, 0.01, 0.02, 0.05)
@@ -43,8 +45,8 @@ def fewshot(*args: str) -> str:
     return p.stdout
 
 
-def train(run_dir: Path, iterations: int | None, *overrides: str) -> float:
-    args = ["train", str(CONFIG), "--run-dir", str(run_dir)]
+def train(config: Path, run_dir: Path, iterations: int | None, *overrides: str) -> float:
+    args = ["train", str(config), "--run-dir", str(run_dir)]
     if iterations:
         args += ["--set", f"train.iterations={iterations}"]
     for o in overrides:
@@ -54,8 +56,9 @@ def train(run_dir: Path, iterations: int | None, *overrides: str) -> float:
     return time.perf_counter() - start
 
 
-def evaluate(run_dir: Path, shots: int, inner_lr: float | None = None) -> dict:
-    args = ["eval", str(run_dir), "--shots", str(shots), "--tasks", "600", "--steps", "10"]
+def evaluate(run_dir: Path, shots: int, inner_lr: float | None = None, tasks: int = 600
+             ) -> dict:
+    args = ["eval", str(run_dir), "--shots", str(shots), "--tasks", str(tasks), "--steps", "10"]
     if inner_lr is not None:
         args += ["--inner-lr", str(inner_lr)]
     fewshot(*args)
@@ -70,13 +73,14 @@ def cell(result: dict, step: int) -> str:
 
 def speed(iterations: int, rounds: int) -> dict[str, list[float]]:
     """Meta-iterations/s of vmap and loop, alternating rounds in this process."""
+    from fewshot_cli.algorithms import Progress
     from fewshot_cli.config import load_config
     from fewshot_cli.engine.setup import build_experiment
-    from fewshot_cli.engine.trainer import make_optimizer
 
     cfg = load_config(CONFIG, ["device=cpu"])
     exp = build_experiment(cfg)
-    opt = make_optimizer(cfg, exp.algo.parameters())
+    opt = exp.algo.configure_optimizer()
+    progress = Progress(1, 1)
     gen = torch.Generator().manual_seed(0)
     rates: dict[str, list[float]] = {"vmap": [], "loop": []}
 
@@ -84,7 +88,7 @@ def speed(iterations: int, rounds: int) -> dict[str, list[float]]:
         start = time.perf_counter()
         for _ in range(n):
             batch = exp.source.sample(cfg.algorithm.meta_batch, gen, "train")
-            loss, _ = exp.algo.outer_loss(batch, mode)
+            loss, _ = exp.algo.meta_loss(batch, mode, progress)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -104,14 +108,16 @@ def main() -> None:
                     help="training iterations (default: the config's 70,000)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-sine")
     ap.add_argument("--speed-rounds", type=int, default=7)
+    ap.add_argument("--tasks", type=int, default=600,
+                    help="test tasks per evaluation (600 is the protocol; fewer for a smoke test)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     maml_dir = args.work / f"maml-{stamp}"
     base_dir = args.work / f"pretrain-{stamp}"
 
-    maml_wall = train(maml_dir, args.iterations)
-    base_wall = train(base_dir, args.iterations, "algorithm.kind=pretrain", "name=sine-pretrain")
+    maml_wall = train(CONFIG, maml_dir, args.iterations)
+    base_wall = train(PRETRAIN_CONFIG, base_dir, args.iterations)
     maml_meta = json.loads((maml_dir / "meta.json").read_text())
 
     lines = [
@@ -120,24 +126,25 @@ def main() -> None:
         f" {torch.get_num_threads()} threads, torch {torch.__version__})",
         "",
         f"Command: `python benchmarks/sine_maml.py"
-        f"{' --iterations ' + str(args.iterations) if args.iterations else ''}`",
+        f"{' --iterations ' + str(args.iterations) if args.iterations else ''}"
+        f"{' --tasks ' + str(args.tasks) if args.tasks != 600 else ''}`",
         "",
         f"- `fewshot train configs/sine-maml.yaml`: {maml_meta['iteration']} iterations, "
         f"{maml_wall:.1f} s for the whole command ({maml_meta['wall_seconds']:.1f} s in the "
         f"training loop, vectorize={maml_meta['vectorize']['mode']}); pretrained baseline "
         f"{base_wall:.1f} s.",
         "",
-        "MSE on 600 test tasks (100 query points each), mean ± 95% CI, test step size 0.01 "
-        "unless noted:",
+        f"MSE on {args.tasks} test tasks (100 query points each), mean ± 95% CI, test step "
+        "size 0.01 unless noted:",
         "",
         "| model | K | 0 steps | 1 step | 10 steps |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for k in SHOTS:
-        r = evaluate(maml_dir, k)
+        r = evaluate(maml_dir, k, tasks=args.tasks)
         lines.append(f"| MAML | {k} | " + " | ".join(cell(r, s) for s in REPORT_STEPS) + " |")
     for k in SHOTS:
-        results = {lr: evaluate(base_dir, k, lr) for lr in BASELINE_LRS}
+        results = {lr: evaluate(base_dir, k, lr, args.tasks) for lr in BASELINE_LRS}
         r = results[0.01]
         lines.append(f"| pretrained | {k} | " + " | ".join(cell(r, s) for s in REPORT_STEPS)
                      + " |")
