@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import dump_config, load_config
+from .config import DEVICE_PATTERN, dump_config, load_config, quote
 from .errors import ConfigError, FewshotError
+from .rundir import RunDir
 
 app = typer.Typer(
     add_completion=False,
@@ -62,13 +63,15 @@ def train(
 ) -> None:
     """Meta-train a model into a new run directory, or --resume one."""
     overrides = list(set_ or [])
-    if device:
-        overrides.append(f"device={device}")
     try:
+        if device is not None:
+            _check_device(device)
+            overrides.append(f"device={device}")
         if resume is not None:
             if config is not None:
-                raise ConfigError("--resume continues a run with its own config.yaml; "
-                                  "do not pass CONFIG too")
+                raise ConfigError(f"{config}: a CONFIG is not used with --resume ({resume} "
+                                  "continues with its own config.yaml); pass one or the other")
+            RunDir.open(resume)  # not a run: say so before loading torch
             from .engine.runner import resume as resume_run
 
             run, outcome = resume_run(resume, overrides, console=err, show_progress=progress)
@@ -131,13 +134,13 @@ def eval_(
         metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = None,
 ) -> None:
     """Adapt to new test tasks with 0..S inner steps; prints a table, writes eval.json."""
-    from .engine.evaluator import eval_settings, evaluate
-    from .rundir import RunDir
-
     try:
         if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
+        _check_device(device)
         run = RunDir.open(run_dir)
+        from .engine.evaluator import eval_settings, evaluate
+
         _warn_killed(run)
         settings = eval_settings(
             run.read_config(), checkpoint=checkpoint and checkpoint.value, tasks=tasks,
@@ -154,6 +157,14 @@ def eval_(
                   f"({e.strerror or e})", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     err.print(f"wrote {run.eval_path}", highlight=False)
+
+
+def _check_device(device: str | None) -> None:
+    """A --device that names no device fails here, before torch is loaded (whether the
+    device exists is checked when the run is built)."""
+    if device is not None and not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, "
+                          f"found {quote(device)}")
 
 
 def _warn_killed(run) -> None:  # noqa: ANN001 - RunDir
@@ -205,12 +216,11 @@ def plot(
         help="Checkpoint for the task figures.")] = CheckpointChoice.best,
 ) -> None:
     """Draw the run's curves into RUN_DIR/plots/*.png."""
-    from .plots import plot_run
-    from .rundir import RunDir
-
     try:
         run = RunDir.open(run_dir)
         _warn_killed(run)
+        from .plots import plot_run
+
         paths = plot_run(run, checkpoint.value)
     except FewshotError as e:
         raise _fail(e) from None

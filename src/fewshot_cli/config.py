@@ -23,12 +23,18 @@ from .errors import ConfigError
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
 Range = tuple[float, float]
+#: What torch's random generators accept (a larger seed is an OverflowError at run time).
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+#: Device names ``device`` and ``--device`` accept (``fewshot_cli.engine.setup`` checks
+#: that the device exists).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors."""
+    """Base of every config section: unknown keys are errors, and so are NaN and infinities
+    (no key means anything by them; ``null`` is how a config says "no limit")."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _check_range(value: Range, what: str) -> Range:
@@ -88,7 +94,7 @@ class OmniglotTask(ImageTask):
     train_classes: PosInt = 1200
     val_classes: PosInt = 100
     rotations: bool = True
-    split_seed: int = 1
+    split_seed: Seed = 1
 
     @model_validator(mode="after")
     def _class_counts(self) -> OmniglotTask:
@@ -217,7 +223,7 @@ class EvalConfig(Section):
     """Defaults of ``fewshot eval`` (each can be overridden on its command line)."""
 
     tasks: PosInt = 600
-    seed: int = 20170301
+    seed: Seed = 20170301
     steps: PosInt | None = None
     shots: PosInt | None = None
     queries: PosInt | None = None
@@ -230,7 +236,7 @@ class Config(Section):
     """A whole experiment."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")] = "run"
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     task: TaskConfig = Field(default_factory=SinusoidTask)
     model: ModelConfig = Field(default_factory=MLPModel)
@@ -241,8 +247,8 @@ class Config(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", v):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, found {v!r}")
+        if not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (or mps), found {quote(v)}")
         return v
 
     @model_validator(mode="after")
@@ -286,11 +292,33 @@ def _section_class(section: str, data: dict[str, Any]) -> type[Section] | None:
     if section in _KIND_CLASSES:
         raw = data.get(section)
         kind = raw.get("kind") if isinstance(raw, dict) else None
-        return _KIND_CLASSES[section].get(kind or _DEFAULT_KIND[section])
+        return _KIND_CLASSES[section].get(kind if isinstance(kind, str) else
+                                          _DEFAULT_KIND[section])
     return None
 
 
 MAX_QUOTE = 80
+#: The longest error line ``validate`` raises (the file name, key and value quoted in it are
+#: cut well before this; this only guards against a combination of long ones).
+MAX_LINE = 400
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, become one space), cut
+    to ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _key_part(part: Any) -> str:
+    """One part of a key path as the user would write it; an odd key (spaces, newlines, a
+    very long name, not a string) is quoted, cut to a few dozen characters."""
+    if isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+        return part
+    if isinstance(part, int) and not isinstance(part, bool):
+        return str(part)  # a list index
+    return quote(part, 40)
 
 
 def quote(value: Any, limit: int = MAX_QUOTE) -> str:
@@ -307,7 +335,7 @@ def reprlib_repr(value: Any) -> str:
 
 
 def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"]]
+    loc = [_key_part(p) for p in err["loc"]]
     # Discriminated unions put the chosen kind into the location; drop it.
     if len(loc) >= 2 and loc[0] in _KIND_CLASSES and loc[1] in _KIND_CLASSES[loc[0]]:
         loc = [loc[0], *loc[2:]]
@@ -376,7 +404,8 @@ def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
         task = data["task"] = {}
     if isinstance(task, dict) and "kind" not in task:
         data["task"] = task = {"kind": "sinusoid", **task}
-    task_cls = _KIND_CLASSES["task"].get(task.get("kind")) if isinstance(task, dict) else None
+    kind = task.get("kind") if isinstance(task, dict) else None
+    task_cls = _KIND_CLASSES["task"].get(kind) if isinstance(kind, str) else None
     model = data.get("model")
     if model is None:
         model = {}
@@ -393,12 +422,19 @@ def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
 
 def validate(data: dict[str, Any], source: str) -> Config:
     """Validate a raw mapping; ``source`` names it in error messages."""
+    for section, classes in _KIND_CLASSES.items():
+        raw = data.get(section)
+        kind = raw.get("kind", "") if isinstance(raw, dict) else ""
+        # pydantic formats a discriminator as text: a nest of YAML aliases would expand
+        if not isinstance(kind, str):
+            raise ConfigError(one_line(f"{source}: {section}.kind: expected one of "
+                                       f"{', '.join(classes)}, found {quote(kind)}"))
     data = _fill_kinds(data)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        raise ConfigError(f"{source}: {_format_error(first, data)}") from None
+        raise ConfigError(one_line(f"{source}: {_format_error(first, data)}")) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

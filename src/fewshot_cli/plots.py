@@ -1,7 +1,9 @@
 """``fewshot plot``: figures drawn from run-directory files only.
 
 Works on a finished run, one still training, or one stopped early: curves
-come from ``metrics.jsonl``; task figures load ``best.pt`` (or ``last.pt``).
+come from ``metrics.jsonl``; task figures load ``best.pt`` (or ``last.pt``). A run
+without metrics rows or without a readable checkpoint is an error, raised before
+any figure is written.
 ``metrics.png`` draws every metric the algorithm reported, whatever its name:
 a scalar as one curve, a per-step list as one curve per step.
 """
@@ -28,9 +30,21 @@ from .rundir import TRAINER_KEYS, RunDir  # noqa: E402
 PLOT_SEED = 777
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float; None for anything else (a row edited by hand may hold
+    strings, booleans, or integers too large for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
+
+
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    pts = [(r["iteration"], r[key]) for r in rows
-           if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
+    pts = [(r["iteration"], _finite(r.get(key))) for r in rows]
+    pts = [p for p in pts if p[1] is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -79,9 +93,10 @@ def plot_loss(run: RunDir, rows: list[dict[str, Any]]) -> Path:
 
 
 def _numbers(value: Any) -> list[float] | None:
+    """A metric's values (NaN for a non-finite one), or None when it is not numbers."""
     values = value if isinstance(value, list) else [value]
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return [float(v) for v in values]
+        return [math.nan if (f := _finite(v)) is None else f for v in values]
     return None
 
 
@@ -245,16 +260,15 @@ def plot_run(run: RunDir, checkpoint: str = "best") -> list[Path]:
         raise RunDirError(f"{run.metrics_path}: nothing to plot yet (no metrics rows; "
                           "the first is written after train.log_every iterations)")
     cfg = run.read_config()
-    exp = None
-    if any(run.checkpoint_path(w).is_file() for w in ("best", "last")):
-        exp, _ = load_experiment(run, checkpoint, device="cpu")
+    # The trainer writes last.pt before the first metrics row, so a run with metrics and
+    # no checkpoint has lost its checkpoints: an error, like any other unusable checkpoint.
+    exp, _ = load_experiment(run, checkpoint, device="cpu")
+    result = run.read_eval()
     written: list[Path | None] = [plot_loss(run, rows), plot_metrics(run, rows)]
     if cfg.problem == "classification":
         written.append(plot_accuracy(run, rows))
-    if exp is not None:
-        written.append(plot_fit(run, exp, checkpoint) if cfg.problem == "regression"
-                       else plot_episode(run, exp))
-    result = run.read_eval()
-    if result and result.get("per_step"):
+    written.append(plot_fit(run, exp, checkpoint) if cfg.problem == "regression"
+                   else plot_episode(run, exp))
+    if result is not None:
         written.append(plot_adaptation(run, result))
     return [p for p in written if p is not None]

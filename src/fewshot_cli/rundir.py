@@ -32,7 +32,7 @@ import yaml
 
 from .config import Config, dump_config, validate
 from .errors import ConfigError, RunDirError
-from .files import atomic_write_text
+from .files import atomic_write, atomic_write_text
 
 try:
     import fcntl
@@ -58,6 +58,16 @@ def _finite(value: Any) -> Any:
 def dumps(value: Any, indent: int | None = None) -> str:
     """Standard JSON (NaN and infinities become null)."""
     return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError (full disk, read-only folder) while writing ``path`` becomes one
+    RunDirError line naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 class RunDir:
@@ -144,7 +154,8 @@ class RunDir:
 
     # -- config and meta ---------------------------------------------------------
     def write_config(self, cfg: Config) -> None:
-        atomic_write_text(self.config_path, dump_config(cfg))
+        with _writing(self.config_path):
+            atomic_write_text(self.config_path, dump_config(cfg))
 
     def read_config(self) -> Config:
         try:
@@ -169,7 +180,8 @@ class RunDir:
         return meta if isinstance(meta, dict) else {}
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_text(self.meta_path, dumps(meta, indent=2) + "\n")
+        with _writing(self.meta_path):
+            atomic_write_text(self.meta_path, dumps(meta, indent=2) + "\n")
 
     def update_meta(self, **fields: Any) -> dict[str, Any]:
         meta = self.read_meta()
@@ -229,7 +241,7 @@ class RunDir:
 
     # -- metrics -------------------------------------------------------------------
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a", encoding="utf-8") as f:
+        with _writing(self.metrics_path), self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(dumps(row) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -248,7 +260,7 @@ class RunDir:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+            if _is_row(row):
                 rows.append(row)
         return rows
 
@@ -263,10 +275,10 @@ class RunDir:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict) and isinstance(row.get("iteration"), int) \
-                    and row["iteration"] <= iteration:
+            if _is_row(row) and row["iteration"] <= iteration:
                 kept.append(line + "\n")
-        atomic_write_text(self.metrics_path, "".join(kept))
+        with _writing(self.metrics_path):
+            atomic_write_text(self.metrics_path, "".join(kept))
 
     # -- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, which: str, state: dict[str, Any]) -> None:
@@ -291,22 +303,35 @@ class RunDir:
         """Keep ``last.pt`` as ``iter-NNNNNNN.pt`` too, and only the newest ``keep`` of those."""
         last = self.checkpoint_path("last")
         target = self.checkpoint_dir / f"iter-{iteration:07d}.pt"
-        target.unlink(missing_ok=True)
-        try:
-            os.link(last, target)  # last.pt is replaced by rename, so the link stays this one
-        except OSError:
-            target.write_bytes(last.read_bytes())
-        for old in sorted(self.checkpoint_dir.glob("iter-*.pt"))[:-keep]:
-            old.unlink(missing_ok=True)
+        with _writing(target):
+            target.unlink(missing_ok=True)
+            try:
+                os.link(last, target)  # last.pt is replaced by rename: the link stays this one
+            except OSError:
+                target.write_bytes(last.read_bytes())
+            for old in sorted(self.checkpoint_dir.glob("iter-*.pt"))[:-keep]:
+                old.unlink(missing_ok=True)
 
     # -- evaluation results ------------------------------------------------------------
     def write_eval(self, result: dict[str, Any]) -> None:
-        """Write eval.json; the previous one is appended to eval-history.jsonl first."""
+        """Write eval.json; the previous one is appended to eval-history.jsonl first.
+
+        The new file is written (to a temporary sibling) before the history grows, so a
+        folder that cannot be written (read-only, full disk) fails before either file
+        changes; only the final rename comes after the history line.
+        """
         previous = self.read_eval()
-        if previous is not None:
-            with self.eval_history_path.open("a", encoding="utf-8") as f:
-                f.write(dumps(previous) + "\n")
-        atomic_write_text(self.eval_path, dumps(result, indent=2) + "\n")
+        data = (dumps(result, indent=2) + "\n").encode()
+
+        def write(f: Any) -> None:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            if previous is not None:
+                with self.eval_history_path.open("a", encoding="utf-8") as h:
+                    h.write(dumps(previous) + "\n")
+
+        atomic_write(self.eval_path, write)
 
     def read_eval(self) -> dict[str, Any] | None:
         """eval.json, or None when missing or not an evaluation (edited by hand)."""
@@ -314,6 +339,39 @@ class RunDir:
             result = json.loads(self.eval_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(result, dict) or not isinstance(result.get("per_step"), list):
-            return None
-        return result
+        return result if _is_evaluation(result) else None
+
+
+def _is_row(row: Any) -> bool:
+    """A metrics.jsonl row: a JSON object whose ``iteration`` is a whole number >= 0."""
+    if not isinstance(row, dict):
+        return False
+    it = row.get("iteration")
+    return isinstance(it, int) and not isinstance(it, bool) and 0 <= it < 2**63
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_evaluation(result: Any) -> bool:
+    """Whether ``result`` has the shape ``fewshot eval`` writes (what plots read of it)."""
+    if not isinstance(result, dict) or not isinstance(result.get("settings"), dict):
+        return False
+    settings, rows = result["settings"], result.get("per_step")
+    if not all(_number(settings.get(k)) for k in ("tasks", "shots", "inner_lr")):
+        return False
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return False
+    metrics = [m for m in ("loss", "accuracy") if m in rows[0]]
+    for r in rows:
+        if not _number(r.get("step")):
+            return False
+        for m in metrics:
+            stat = r.get(m)
+            if not isinstance(stat, dict):
+                return False
+            mean, ci = stat.get("mean"), stat.get("ci95")
+            if not ((mean is None and ci is None) or (_number(mean) and _number(ci))):
+                return False
+    return "loss" in metrics

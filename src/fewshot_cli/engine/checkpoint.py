@@ -56,9 +56,12 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
             ) from None
         raise RunDirError(f"{path}: corrupt or unreadable checkpoint (not a torch checkpoint "
                           "file)") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, TypeError,
-            AttributeError, IndexError, KeyError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
+            AttributeError, IndexError, KeyError, UnicodeDecodeError, OSError) as e:
+        reason = ("truncated, or not a complete torch checkpoint file"
+                  if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile)) or
+                  (isinstance(e, OSError) and path.is_file()) else _first_line(e))
+        raise RunDirError(f"{path}: corrupt or unreadable checkpoint ({reason})") from None
     if not isinstance(state, dict) or not isinstance(state.get("algorithm"), dict):
         raise RunDirError(f"{path}: not a fewshot checkpoint (no algorithm state dict)")
     fmt = state.get("format")

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
 from .. import algorithms, models, tasks
 from ..algorithms import Algorithm
-from ..config import Config
+from ..config import DEVICE_PATTERN, Config
 from ..errors import ConfigError
 from ..tasks import TaskSource
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
 
 def resolve_device(spec: str) -> torch.device:

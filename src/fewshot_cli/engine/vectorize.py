@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from typing import Any
@@ -100,8 +101,8 @@ def measure(exp: Experiment) -> dict[str, float | None]:
 def _cached(cache: Any, key: str, paths: tuple[str, ...]) -> dict[str, float | None] | None:
     entry = cache.get(key) if isinstance(cache, dict) else None
     if (isinstance(entry, dict) and set(entry) == set(paths)
-            and all(v is None or (isinstance(v, (int, float)) and v > 0)
-                    for v in entry.values())):
+            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and math.isfinite(v) and v > 0) for v in entry.values())):
         return entry
     return None
 
