@@ -1,8 +1,17 @@
-"""Shared test settings: keep caches inside pytest's temporary folders."""
+"""Shared test settings: one intra-op thread (tests of tiny models run fastest that way and
+do not collapse on a busy machine; subprocesses inherit it), and caches inside pytest's
+temporary folders."""
 
 from __future__ import annotations
 
-import pytest
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, for this process and children
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -217,6 +217,7 @@ class TrainConfig(Section):
     dtype: Literal["float32", "float64"] = "float32"
     keep_checkpoints: Annotated[int, Field(ge=0)] = 0
     tensorboard: bool = False
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
 
 
 class EvalConfig(Section):
@@ -334,12 +335,17 @@ def reprlib_repr(value: Any) -> str:
     return r.repr(value)
 
 
-def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+def _error_loc(err: dict[str, Any]) -> list[str]:
+    """The key path of a pydantic error as the user wrote it."""
     loc = [_key_part(p) for p in err["loc"]]
     # Discriminated unions put the chosen kind into the location; drop it.
     if len(loc) >= 2 and loc[0] in _KIND_CLASSES and loc[1] in _KIND_CLASSES[loc[0]]:
         loc = [loc[0], *loc[2:]]
-    loc = [p for p in loc if not p.startswith("function-")]
+    return [p for p in loc if not p.startswith("function-")]
+
+
+def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+    loc = _error_loc(err)
     key = ".".join(loc) if loc else "(top level)"
     kind = err["type"]
     found = err.get("input")
@@ -420,8 +426,9 @@ def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def validate(data: dict[str, Any], source: str) -> Config:
-    """Validate a raw mapping; ``source`` names it in error messages."""
+def validate(data: dict[str, Any], source: str, overrides: list[str] | None = None) -> Config:
+    """Validate a raw mapping; ``source`` names it in error messages, unless the key at
+    fault was set by one of ``overrides`` (``--set``), which is then named instead."""
     for section, classes in _KIND_CLASSES.items():
         raw = data.get(section)
         kind = raw.get("kind", "") if isinstance(raw, dict) else ""
@@ -434,6 +441,11 @@ def validate(data: dict[str, Any], source: str) -> Config:
         return Config.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
+        loc = _error_loc(first)
+        for text in overrides or []:
+            path, _ = parse_override(text)
+            if loc[: len(path)] == path or (loc and path[: len(loc)] == loc):
+                source = f"--set {quote(text, 60)}"
         raise ConfigError(one_line(f"{source}: {_format_error(first, data)}")) from None
 
 
@@ -458,11 +470,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
                           "see configs/ for examples)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
-    try:
-        data = apply_overrides(data, overrides or [])
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    return validate(data, str(path))
+    data = apply_overrides(data, overrides or [])
+    return validate(data, str(path), overrides)
 
 
 def dump_config(cfg: Config) -> str:

@@ -12,12 +12,13 @@ from typing import Any
 
 from rich.console import Console
 
+from ..algorithms import Path as Path_
 from ..config import Config, apply_overrides, parse_override, validate
 from ..errors import ConfigError, RunDirError
 from ..rundir import RunDir
-from . import checkpoint, trainer, vectorize
+from . import checkpoint, threads, trainer, vectorize
 from .evaluator import check_config
-from .setup import build_experiment
+from .setup import Experiment, build_experiment
 from .trainer import Outcome, StopSignals
 
 #: What ``--set`` may change on ``--resume``: the rest is what the checkpoint was trained with.
@@ -47,7 +48,7 @@ def start(cfg: Config, *, runs_root: Path, run_dir: Path | None, console: Consol
 
         require_tensorboard()
     exp = build_experiment(cfg)
-    path, info = vectorize.choose(exp, cfg.train.vectorize)
+    path, info = choose_path_and_threads(exp, console)
     with StopSignals(_announce(console)) as stop:
         run = RunDir.create(cfg.name, runs_root, run_dir)
         with run.lock():
@@ -58,6 +59,18 @@ def start(cfg: Config, *, runs_root: Path, run_dir: Path | None, console: Consol
                                     show_progress=show_progress,
                                     tensorboard=_tensorboard(cfg, run, None))
     return run, outcome
+
+
+def choose_path_and_threads(exp: Experiment, console: Console) -> tuple[Path_, dict[str, Any]]:
+    """The batching path (timed with one thread, or ``train.threads``), then the thread
+    count for that path; both recorded in meta.json's ``vectorize``."""
+    requested = exp.cfg.train.threads
+    threads.apply(requested or 1)
+    with console.status("choosing how to batch tasks (timing each path once)...",
+                        spinner="line"):
+        path, info = vectorize.choose(exp, exp.cfg.train.vectorize)
+        n, info["threads"] = threads.choose(exp, path, requested, vectorize.cache_key(exp))
+    return path, info
 
 
 def resume_config(run: RunDir, overrides: list[str]) -> Config:
@@ -111,11 +124,13 @@ def resume(path: Path, overrides: list[str], *, console: Console,
         exp = build_experiment(cfg)
         recorded = (state["trainer"]["path"] if state is not None
                     else (meta.get("vectorize") or {}).get("mode"))
+        record = meta.get("vectorize") if isinstance(meta.get("vectorize"), dict) else {}
         if recorded in exp.algo.available_paths:
             chosen = recorded
+            n = cfg.train.threads or (record.get("threads") or {}).get("threads") or 1
+            threads.apply(n if isinstance(n, int) and n >= 1 else 1)
         else:
-            chosen, info = vectorize.choose(exp, cfg.train.vectorize)
-            meta["vectorize"] = info
+            chosen, meta["vectorize"] = choose_path_and_threads(exp, console)
         run.truncate_metrics(done)
         if overrides:
             run.write_config(cfg)

@@ -279,6 +279,7 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
     status, exit_code, message = "failed", 1, ""
     start = time.perf_counter()
     last_log_time, last_log_iter = start, it
+    first_it, bar_time = it, start
     progress = _progress(console) if show_progress else None
     bar = None
     try:
@@ -336,9 +337,8 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
                 run.append_metrics(row)
                 if tensorboard is not None:
                     tensorboard.log(row)
-                if progress and "loss" in row:
-                    progress.update(bar, loss=f"{row['loss']:.4g}",
-                                    rate=rate_text(row["its_per_s"]))
+                if progress and isinstance(row.get("loss"), float):
+                    progress.update(bar, loss=f"{row['loss']:.4g}")
             if it % t.checkpoint_every == 0 or final:
                 if not _params_finite(algo):
                     status = "diverged"
@@ -346,8 +346,12 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
                                f"finite; kept the last good checkpoint (iteration {saved})")
                     break
                 save_last(it, elapsed_before + time.perf_counter() - start)
-            if progress and (it & 7 == 0 or final):
-                progress.update(bar, completed=it)
+            if progress:
+                now = time.perf_counter()
+                if final or now - bar_time >= 0.25:  # rate and ETA from the first seconds
+                    progress.update(bar, completed=it,
+                                    rate=rate_text((it - first_it) / max(now - start, 1e-9)))
+                    bar_time = now
             if timed_out:
                 status, exit_code = "stopped at train.max_seconds", 0
                 break

@@ -28,7 +28,8 @@ from ..files import atomic_write_text, cache_root
 from .setup import Experiment
 
 
-def _key(exp: Experiment) -> str:
+def cache_key(exp: Experiment) -> str:
+    """Everything that could change which path is fastest."""
     c = exp.cfg
     parts: list[Any] = [
         torch.__version__, str(exp.device), torch.get_num_threads(), str(exp.dtype),
@@ -120,7 +121,7 @@ def choose(exp: Experiment, requested: str) -> tuple[Path, dict[str, Any]]:
     if len(paths) == 1:
         return paths[0], {"requested": "auto", "mode": paths[0], "source": "only path"}
     file = cache_root() / "vectorize.json"
-    key = _key(exp)
+    key = cache_key(exp)
     try:
         cache = json.loads(file.read_text())
     except (OSError, ValueError):

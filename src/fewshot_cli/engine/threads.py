@@ -1,0 +1,106 @@
+"""Choosing torch's intra-op thread count, like the batching path: by measurement.
+
+Few-shot models are small: a meta-update is thousands of tiny kernels, and
+two spinning OpenMP threads collapse (10-30x slower) as soon as another
+process is busy on the same cores. So a run uses one thread unless more
+threads make a meta-update clearly faster (by ``MIN_GAIN``) when measured on
+a real meta-batch; the measurement is cached like the batching path's, and
+the choice is recorded in ``meta.json`` and reused by ``--resume`` (which
+needs the same count to stay bit-identical).
+
+``--threads N`` (or ``train.threads: N``) skips the measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+
+import torch
+
+from ..algorithms import Path, Progress
+from ..files import atomic_write_text, cache_root
+from .setup import Experiment
+
+#: More threads must make a meta-update at least this much faster to be chosen.
+MIN_GAIN = 1.3
+#: The thread count torch would use on its own (before any set_num_threads).
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def apply(n: int) -> None:
+    """Use ``n`` intra-op threads from now on."""
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+
+
+def _time(exp: Experiment, batch: Any, path: Path, threads: int, budget_s: float = 0.4) -> float:
+    probe = copy.deepcopy(exp.algo)
+    optimizer = probe.configure_optimizer()
+    apply(threads)
+    cuda = exp.device.type == "cuda"
+
+    def step() -> float:
+        if cuda:
+            torch.cuda.synchronize(exp.device)
+        t = time.perf_counter()
+        probe.meta_step(batch, path, Progress(1, 1), optimizer)
+        if cuda:
+            torch.cuda.synchronize(exp.device)
+        return time.perf_counter() - t
+
+    step()
+    times = [step()]
+    while sum(times) < budget_s and len(times) < 20:
+        times.append(step())
+    return min(times)
+
+
+def choose(exp: Experiment, path: Path, requested: int | None, key: str
+           ) -> tuple[int, dict[str, Any]]:
+    """The thread count for this run and how it was decided; applies it.
+
+    ``key`` identifies the measurement for the cache (the batching path's key).
+    On a GPU the count only drives host-side work: one thread, not measured.
+    """
+    if requested is not None:
+        apply(requested)
+        return requested, {"threads": requested, "requested": requested}
+    candidates = sorted({1, DEFAULT_THREADS})
+    if exp.device.type != "cpu" or len(candidates) == 1:
+        apply(1)
+        return 1, {"threads": 1, "requested": "auto", "source": "only choice"}
+    file = cache_root() / "threads.json"
+    full_key = json.dumps([key, path, candidates])
+    try:
+        cache = json.loads(file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    entry = cache.get(full_key)
+    valid = isinstance(entry, dict) and set(entry) == {str(c) for c in candidates} and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        for v in entry.values())
+    source = "cached measurement"
+    if not valid:
+        rng = torch.get_rng_state()
+        gen = torch.Generator().manual_seed(54321)
+        batch = exp.source.sample(exp.cfg.algorithm.meta_batch, gen, "train").to(
+            exp.device, exp.dtype)
+        try:
+            entry = {str(c): _time(exp, batch, path, c) for c in candidates}
+        finally:
+            torch.set_rng_state(rng)
+        source = "measured"
+        cache[full_key] = entry
+        try:
+            atomic_write_text(file, json.dumps(cache, indent=1))
+        except OSError:
+            pass
+    best = min(candidates, key=lambda c: entry[str(c)])
+    chosen = best if entry["1"] / entry[str(best)] >= MIN_GAIN else 1
+    apply(chosen)
+    return chosen, {"threads": chosen, "requested": "auto", "source": source,
+                    "seconds_per_step": {k: round(v, 6) for k, v in entry.items()}}
