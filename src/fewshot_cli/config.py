@@ -218,6 +218,7 @@ class TrainConfig(Section):
     keep_checkpoints: Annotated[int, Field(ge=0)] = 0
     tensorboard: bool = False
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    select: Literal["median", "mean"] = "median"
 
 
 class EvalConfig(Section):

@@ -138,14 +138,19 @@ def validation_tasks(exp: Experiment) -> list[TaskBatch]:
 
 def validate(exp: Experiment, chunks: list[TaskBatch], path: Path) -> dict[str, Any]:
     """Query loss (and accuracy) after 0..eval_inner_steps steps on the validation tasks,
-    under the same divergence policy as ``fewshot eval``."""
+    under the same divergence policy as ``fewshot eval``; ``val_loss_median`` is the
+    median final loss with diverged tasks counted as infinitely bad (the default
+    statistic ``best.pt`` is selected by: one blown-up task cannot hide or fake a gain)."""
     steps = exp.cfg.algorithm.eval_inner_steps
     curves = torch.cat([
         exp.algo.adaptation_curve(c.to(exp.device, exp.dtype), steps, path).cpu() for c in chunks
     ])
     per_step = divergence_summary(curves)
+    final = curves[:, -1, 0].double()
+    final = torch.where(torch.isfinite(final), final, math.inf)  # a diverged task is worst
     out: dict[str, Any] = {
         "val_loss": per_step[-1]["loss"]["mean"],
+        "val_loss_median": final.median().item(),
         "val_loss_steps": [_round(r["loss"]["mean"]) for r in per_step],
         "val_diverged": per_step[-1]["loss"]["diverged"],
     }
@@ -248,7 +253,7 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
         tr = resume["trainer"]
         window.load_state_dict(tr["window"])
         it, elapsed_before = int(resume["iteration"]), float(tr["elapsed"])
-        best = math.inf if tr["best_val_loss"] is None else float(tr["best_val_loss"])
+        best = math.inf if tr["best_val_score"] is None else float(tr["best_val_score"])
     else:  # torch is seeded when the network is built; Python's and NumPy's RNGs here
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
@@ -261,7 +266,7 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
             "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "rng": checkpoint.rng_state(generator),
-            "trainer": {"elapsed": elapsed, "best_val_loss": None if math.isinf(best) else best,
+            "trainer": {"elapsed": elapsed, "best_val_score": None if math.isinf(best) else best,
                         "window": window.state_dict(), "path": path},
         }
 
@@ -327,11 +332,12 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
             if val_chunks and (it % t.val_every == 0 or final):
                 val = validate(exp, val_chunks, path)
                 row.update(val)
-                if val["val_loss"] is not None and val["val_loss"] < best:
-                    best = val["val_loss"]
+                score = val["val_loss_median" if t.select == "median" else "val_loss"]
+                if score is not None and math.isfinite(score) and score < best:
+                    best = score
                     run.save_checkpoint("best", {"iteration": it, "config": config_dict,
                                                  "algorithm": algo.state_dict(),
-                                                 "val_loss": best})
+                                                 "val_score": best, "selected_by": t.select})
             if row:
                 row = {"iteration": it, "time": round(elapsed, 3), **row}
                 run.append_metrics(row)
@@ -365,7 +371,8 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
             tensorboard.close()
         fields = {"status": status, "ended": _now(),
                   "wall_seconds": round(time.perf_counter() - start, 3),
-                  "best_val_loss": None if math.isinf(best) else best}
+                  "best_val": None if math.isinf(best) else {"statistic": t.select,
+                                                             "value": best}}
         if status != "diverged":
             fields["iteration"] = it
         try:
