@@ -157,7 +157,7 @@ def test_a_plug_in_with_its_own_metrics_trains_logs_and_plots(tmp_path: Path) ->
     from fewshot_cli.plots import algorithm_metrics, plot_metrics
 
     assert algorithm_metrics(rows) == ["progress", "moved"]
-    assert plot_metrics(run, rows).is_file()
+    assert plot_metrics(run, rows, cfg).is_file()
 
 
 def test_progress_reaches_the_objective() -> None:

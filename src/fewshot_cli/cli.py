@@ -19,10 +19,28 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Optimization-based few-shot meta-learning experiments: MAML, FOMAML and baselines.",
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"fewshot {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", metavar="", is_eager=True, callback=_version,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Optimization-based few-shot meta-learning experiments: MAML, FOMAML and baselines."""
 
 
 def _fail(e: FewshotError) -> typer.Exit:
@@ -43,14 +61,16 @@ class QueryBatch(str, Enum):
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(
-        help="YAML experiment config (not with --resume).", show_default=False)] = None,
+        metavar="CONFIG", help="YAML experiment config (not with --resume).",
+        show_default=False)] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE",
         help="Override a config value: section.key=value (YAML; repeatable).")] = None,
     resume: Annotated[Path | None, typer.Option(
         metavar="RUN_DIR", help="Continue RUN_DIR from checkpoints/last.pt (exactly).")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the resolved config and exit; writes nothing.")] = False,
+        "--dry-run", metavar="", help="Print the resolved config and exit; writes nothing.")
+    ] = False,
     run_dir: Annotated[Path | None, typer.Option(
         metavar="PATH", help="Write the run here (must not exist) instead of runs/<name>-<stamp>.")
     ] = None,
@@ -59,10 +79,15 @@ def train(
     device: Annotated[str | None, typer.Option(
         metavar="DEVICE", help="auto | cpu | cuda | cuda:N (overrides the config's device).")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show the progress bar.")] = True,
+    threads: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Intra-op CPU threads (default: measured, usually 1).",
+        show_default=False)] = None,
 ) -> None:
     """Meta-train a model into a new run directory, or --resume one."""
     overrides = list(set_ or [])
+    if threads is not None:
+        overrides.append(f"train.threads={threads}")
     try:
         if device is not None:
             _check_device(device)
@@ -104,8 +129,9 @@ def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
     if outcome.exit_code:
         raise typer.Exit(outcome.exit_code)
     if outcome.trained:
-        best = meta.get("best_val_loss")
-        best_text = f", best validation loss {best:.4g}" if isinstance(best, float) else ""
+        best = meta.get("best_val")
+        best_text = (f", best validation {best['statistic']} loss {best['value']:.4g}"
+                     if isinstance(best, dict) and isinstance(best.get("value"), float) else "")
         mode = (meta.get("vectorize") or {}).get("mode")
         err.print(f"{outcome.status}: {outcome.iteration} iterations in "
                   f"{meta['wall_seconds']:.1f} s (vectorize={mode}){best_text}",
@@ -115,48 +141,88 @@ def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
 
 @app.command("eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fewshot train`.")],
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="A run directory written by `fewshot train`.")],
     checkpoint: Annotated[CheckpointChoice | None, typer.Option(
         help="Which checkpoint [default: the config's eval.checkpoint, best].")] = None,
-    tasks: Annotated[int | None, typer.Option(min=1, help="Number of test tasks.")] = None,
-    steps: Annotated[int | None, typer.Option(min=0, help="Largest inner-step count.")] = None,
-    shots: Annotated[int | None, typer.Option(
-        min=1, help="Support examples per task (per class for classification).")] = None,
+    tasks: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Number of test tasks [default: the run's eval.tasks].")
+    ] = None,
+    steps: Annotated[str | None, typer.Option(
+        metavar="S[,S...]", help="Largest inner-step count; a list (1,10) adapts to the "
+        "largest and reports those step counts.")] = None,
+    shots: Annotated[str | None, typer.Option(
+        metavar="K[,K...]", help="Support examples per task (per class for classification); "
+        "a list (5,10,20) evaluates each on the same tasks.")] = None,
     queries: Annotated[int | None, typer.Option(
-        min=1, help="Query examples per task (per class for classification).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Evaluation task seed.")] = None,
-    inner_lr: Annotated[float | None, typer.Option(
+        min=1, metavar="Q", help="Query examples per task (per class for classification).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        metavar="SEED", help="Evaluation task seed [default: the run's eval.seed].")] = None,
+    inner_lr: Annotated[float | None, typer.Option(metavar="LR",
         help="Inner step size at test time (default: the run's inner_lr).")] = None,
     query_batch: Annotated[QueryBatch | None, typer.Option(
         help="all: classify all queries in one batch; per_class: batches of one query "
              "per class.")] = None,
+    baseline: Annotated[list[Path] | None, typer.Option(
+        metavar="RUN_DIR", help="Also evaluate this run (e.g. the pretrained baseline) on the "
+        "same tasks and protocols; its results go into the evaluated run's eval.json under "
+        "its name (repeatable).")] = None,
     device: Annotated[str | None, typer.Option(
         metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = None,
 ) -> None:
-    """Adapt to new test tasks with 0..S inner steps; prints a table, writes eval.json."""
+    """Adapt a run to new test tasks: a table on the terminal and eval.json.
+
+    Reports the query loss (and accuracy) after 0..S inner steps, with 95% CIs.
+    """
     try:
         if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
+        shot_list = _int_list("--shots", shots, 1)
+        step_list = _int_list("--steps", steps, 0)
         _check_device(device)
         run = RunDir.open(run_dir)
-        from .engine.evaluator import eval_settings, evaluate
+        baselines = [RunDir.open(b) for b in baseline or []]
+        from .engine import threads
+        from .engine.evaluator import eval_settings, evaluate_protocols
 
+        threads.for_run(run.read_meta())
         _warn_killed(run)
-        settings = eval_settings(
-            run.read_config(), checkpoint=checkpoint and checkpoint.value, tasks=tasks,
-            steps=steps, shots=shots, queries=queries, seed=seed,
-            query_batch=query_batch and query_batch.value)
-        result = evaluate(run, settings, device, inner_lr)
+        cfg = run.read_config()
+        largest = max(step_list) if step_list else None
+        protocols = [eval_settings(
+            cfg, checkpoint=checkpoint and checkpoint.value, tasks=tasks, steps=largest,
+            shots=k, queries=queries, seed=seed, query_batch=query_batch and query_batch.value)
+            for k in (shot_list or [None])]
+        table_steps = step_list if step_list and len(step_list) > 1 else None
+        results = evaluate_protocols(run, protocols, device, inner_lr, baselines, table_steps)
     except FewshotError as e:
         raise _fail(e) from None
-    _print_eval(result)
+    _print_eval(results)
     try:
-        run.write_eval(result)
+        run.write_eval(results)
     except OSError as e:
         err.print(f"[bold red]error:[/] {run.eval_path}: cannot save the results above "
                   f"({e.strerror or e})", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     err.print(f"wrote {run.eval_path}", highlight=False)
+
+
+def _int_list(option: str, text: str | None, minimum: int) -> list[int] | None:
+    """``--shots 5,10,20``: the distinct values in the order given (None when absent)."""
+    if text is None:
+        return None
+    values: list[int] = []
+    for part in text.split(","):
+        try:
+            value = int(part.strip())
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise ConfigError(f"{option}: expected an integer >= {minimum} or a comma-separated "
+                              f"list of them (e.g. 5,10,20), found {quote(text)}")
+        if value not in values:
+            values.append(value)
+    return values
 
 
 def _check_device(device: str | None) -> None:
@@ -177,51 +243,98 @@ def _warn_killed(run) -> None:  # noqa: ANN001 - RunDir
 
 
 def _fmt(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
+    """``mean ± ci95`` of one statistic (``-`` when every task diverged)."""
     if stat["mean"] is None:
         return "-"
     return f"{scale * stat['mean']:.{digits}g} ± {scale * stat['ci95']:.2g}"
 
 
-def _print_eval(result: dict) -> None:
-    s = result["settings"]
-    classification = "accuracy" in result["per_step"][0]
-    table = Table(title=(
-        f"{result['run']} ({result['checkpoint']}.pt, iteration {result['checkpoint_iteration']}):"
-        f" {s['tasks']} test tasks, K={s['shots']}, inner lr {s['inner_lr']:g}"))
-    table.add_column("steps", justify="right")
-    if classification:
-        table.add_column("accuracy % (95% CI)", justify="right")
-    table.add_column("loss mean (95% CI)", justify="right")
-    table.add_column("loss median", justify="right")
-    table.add_column("diverged", justify="right")
-    for r in result["per_step"]:
-        cells = [str(r["step"])]
-        if classification:
-            cells.append(_fmt(r["accuracy"], 100))
-        med = r["loss"]["median"]
-        cells += [_fmt(r["loss"]), "-" if med is None else f"{med:.4g}",
-                  str(r["loss"]["diverged"])]
-        table.add_row(*cells)
-    out.print(table)
+def _print_eval(results: list[dict]) -> None:
+    """The settings on lines of their own, then one table per protocol and run (the run
+    and its baselines adjacent), each no wider than the terminal."""
+    first = results[0]
+    s = first["settings"]
+    runs = {(r.get("baseline", False), r["run"]): r for r in results}
+    for (is_baseline, path), r in runs.items():
+        role = "baseline" if is_baseline else "run"
+        out.print(f"{role}: {path}", highlight=False)
+        out.print(f"  {r.get('algorithm', '?')}, {r['checkpoint']}.pt from iteration "
+                  f"{r['checkpoint_iteration']}", highlight=False)
+    out.print(f"test tasks: {s['tasks']} (seed {s['seed']}), inner lr {s['inner_lr']:g}, "
+              f"loss {s.get('loss', '?')}", highlight=False)
     out.print(f"protocol: {s['protocol']}", highlight=False)
-    if result["diverged_tasks"]:
-        out.print(f"[yellow]{result['diverged_tasks']} task(s) diverged (non-finite loss) and are "
-                  "left out of the means at the steps where they diverged[/]")
+    classification = "accuracy" in first["per_step"][0]
+    for r in results:
+        rs = r["settings"]
+        who = r.get("name") or Path(r["run"]).name
+        kind = r.get("algorithm", "?") + (", baseline" if r.get("baseline") else "")
+        shots = (f"{rs['ways']}-way {rs['shots']}-shot" if classification and rs.get("ways")
+                 else f"K={rs['shots']}")
+        table = Table(title=f"{shots}: {who} ({kind})", title_justify="left")
+        table.add_column("steps", justify="right")
+        if classification:
+            table.add_column("accuracy % (95% CI)", justify="right")
+        table.add_column("loss mean (95% CI)", justify="right")
+        table.add_column("median", justify="right")
+        table.add_column("diverged", justify="right")
+        shown = rs.get("table_steps")
+        for row in r["per_step"]:
+            if shown and row["step"] not in shown:
+                continue
+            cells = [str(row["step"])]
+            if classification:
+                cells.append(_fmt(row["accuracy"], 100))
+            med = row["loss"]["median"]
+            cells += [_fmt(row["loss"]), "-" if med is None else f"{med:.4g}",
+                      str(row["loss"]["diverged"])]
+            table.add_row(*cells)
+        out.print(table)
+        if r["diverged_tasks"]:
+            out.print(f"[yellow]{r['diverged_tasks']} task(s) diverged (non-finite loss) and "
+                      "are left out of the means at the steps where they diverged[/]")
+
+
+class PlotFormat(str, Enum):
+    png = "png"
+    pdf = "pdf"
+    svg = "svg"
 
 
 @app.command()
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `fewshot train`.")],
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="A run directory written by `fewshot train`.")],
     checkpoint: Annotated[CheckpointChoice, typer.Option(
         help="Checkpoint for the task figures.")] = CheckpointChoice.best,
+    format_: Annotated[PlotFormat, typer.Option(
+        "--format", help="File format of the figures.")] = PlotFormat.png,
+    shots: Annotated[int | None, typer.Option(
+        min=1, metavar="K",
+        help="Task figures: support examples per task [default: the run's task.shots].",
+        show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(
+        min=0, metavar="S", help="Task figures: inner steps [default: algorithm.eval_inner_steps].",
+        show_default=False)] = None,
+    tasks: Annotated[int, typer.Option(
+        min=1, max=12, metavar="N", help="fit.png: test tasks, one panel each.")] = 4,
+    seed: Annotated[int | None, typer.Option(
+        metavar="SEED", help="Task figures: seed of the test tasks drawn.",
+        show_default=False)] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        metavar="RUN_DIR", help="fit.png: also draw this run's prediction (e.g. the "
+        "pretrained baseline) after the same steps.")] = None,
 ) -> None:
-    """Draw the run's curves into RUN_DIR/plots/*.png."""
+    """Draw the run's curves into RUN_DIR/plots/<name>.<format>."""
     try:
         run = RunDir.open(run_dir)
+        base = RunDir.open(baseline) if baseline is not None else None
         _warn_killed(run)
-        from .plots import plot_run
+        from .engine import threads
+        from .plots import PLOT_SEED, plot_run
 
-        paths = plot_run(run, checkpoint.value)
+        threads.for_run(run.read_meta())
+        paths = plot_run(run, checkpoint.value, fmt=format_.value, shots=shots, steps=steps,
+                         tasks=tasks, seed=PLOT_SEED if seed is None else seed, baseline=base)
     except FewshotError as e:
         raise _fail(e) from None
     for p in paths:

@@ -9,8 +9,9 @@
       checkpoints/       last.pt, best.pt (written atomically), iter-NNNNNNN.pt
                          (the last train.keep_checkpoints periodic ones)
       .lock              held (flock) by the process that is training the run
-      eval.json          the latest ``fewshot eval`` (earlier ones in eval-history.jsonl)
-      plots/*.png        written by ``fewshot plot``
+      eval.json          ``fewshot eval`` results, one per run and protocol (earlier
+                         files in eval-history.jsonl)
+      plots/*.png        written by ``fewshot plot`` (or .pdf, .svg)
 
 Every path read or written lives here. Writes that replace a file go through
 a temporary file and ``os.replace`` so a crash never leaves half a file.
@@ -43,6 +44,12 @@ CHECKPOINTS = ("best", "last")
 #: Keys the trainer itself writes into metrics.jsonl rows; every other key of a
 #: row is a metric the algorithm reported (plots draw those without knowing them).
 TRAINER_KEYS = ("iteration", "time", "loss", "meta_lr", "its_per_s")
+#: eval.json layout: 2 keeps one result per run and protocol under ``results``
+#: (format 1, without this key, was a single result).
+EVAL_FORMAT = 2
+#: The settings that identify an evaluation protocol: a new eval of the same run with
+#: the same values (and the same checkpoint file) replaces that entry of eval.json.
+PROTOCOL_KEYS = ("shots", "queries", "steps", "seed", "tasks", "query_batch", "inner_lr")
 
 
 def _finite(value: Any) -> Any:
@@ -313,15 +320,25 @@ class RunDir:
                 old.unlink(missing_ok=True)
 
     # -- evaluation results ------------------------------------------------------------
-    def write_eval(self, result: dict[str, Any]) -> None:
-        """Write eval.json; the previous one is appended to eval-history.jsonl first.
+    def write_eval(self, results: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Merge ``results`` (one result per protocol) into eval.json; the previous file is
+        appended to eval-history.jsonl first.
+
+        eval.json holds every protocol evaluated so far, the run's and its baselines':
+        ``{"format": 2, "results": [...], **latest}``. A new result replaces only the entry
+        of the same run and protocol (:func:`protocol_key`); the others are kept. The
+        top-level fields repeat ``latest``, the first result of this call, in the layout
+        of format 1 (one result), which older readers expect.
 
         The new file is written (to a temporary sibling) before the history grows, so a
         folder that cannot be written (read-only, full disk) fails before either file
         changes; only the final rename comes after the history line.
         """
+        new = [results] if isinstance(results, dict) else list(results)
         previous = self.read_eval()
-        data = (dumps(result, indent=2) + "\n").encode()
+        merged = merge_results(self.read_results(), new)
+        data = (dumps({**new[0], "format": EVAL_FORMAT, "results": merged}, indent=2)
+                + "\n").encode()
 
         def write(f: Any) -> None:
             f.write(data)
@@ -334,12 +351,23 @@ class RunDir:
         atomic_write(self.eval_path, write)
 
     def read_eval(self) -> dict[str, Any] | None:
-        """eval.json, or None when missing or not an evaluation (edited by hand)."""
+        """eval.json as written (either layout), or None when missing or when it holds no
+        evaluation (edited by hand)."""
         try:
-            result = json.loads(self.eval_path.read_text(encoding="utf-8"))
+            data = json.loads(self.eval_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return result if _is_evaluation(result) else None
+        return data if results_of(data) else None
+
+    def read_results(self) -> list[dict[str, Any]]:
+        """Every evaluation result in eval.json, one per run and protocol; an eval.json of
+        format 1 (a single result) is one result. Entries that are not evaluations are
+        left out; a missing or unreadable file has none."""
+        try:
+            data = json.loads(self.eval_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return results_of(data)
 
 
 def _is_row(row: Any) -> bool:
@@ -375,3 +403,47 @@ def _is_evaluation(result: Any) -> bool:
             if not ((mean is None and ci is None) or (_number(mean) and _number(ci))):
                 return False
     return "loss" in metrics
+
+
+def results_of(data: Any) -> list[dict[str, Any]]:
+    """The evaluation results in a parsed eval.json of either layout: ``{"results":
+    [...]}`` (format 2) or a single result (format 1); entries that are not evaluations
+    are left out."""
+    if isinstance(data, dict) and isinstance(data.get("results"), list):
+        return [r for r in data["results"] if _is_evaluation(r)]
+    return [data] if _is_evaluation(data) else []
+
+
+def result_name(result: dict[str, Any]) -> str:
+    """The name a result is stored under: its run directory's name."""
+    name = result.get("name")
+    if isinstance(name, str) and name:
+        return name
+    run = result.get("run")
+    return Path(run).name if isinstance(run, str) else "?"
+
+
+def protocol_key(result: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies an entry of eval.json: whose result (the run itself, whatever its
+    folder is called now, or a baseline by name), the protocol (:data:`PROTOCOL_KEYS`)
+    and the checkpoint file read."""
+    settings = result.get("settings") or {}
+    baseline = bool(result.get("baseline"))
+    return (baseline, result_name(result) if baseline else None,
+            *(settings.get(k) for k in PROTOCOL_KEYS), result.get("checkpoint"))
+
+
+def merge_results(old: list[dict[str, Any]], new: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """``old`` with each entry of ``new`` replacing the one of the same key
+    (:func:`protocol_key`) in place, or appended."""
+    merged = list(old)
+    index = {protocol_key(r): i for i, r in enumerate(merged)}
+    for r in new:
+        key = protocol_key(r)
+        if key in index:
+            merged[index[key]] = r
+        else:
+            index[key] = len(merged)
+            merged.append(r)
+    return merged

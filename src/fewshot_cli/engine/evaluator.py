@@ -9,19 +9,25 @@ Divergence policy (shared with validation, :func:`divergence_summary`): a task
 whose query loss is non-finite after s steps is *diverged* at s; it is counted
 in that step's ``diverged`` column and left out of that step's loss *and*
 accuracy statistics (NaN logits are not a 1-in-N guess).
+
+Several protocols (``--shots 5,10,20``) are evaluated in one call, and baseline runs
+(``--baseline``) on exactly the same tasks: each chunk of tasks is drawn once from the
+evaluated run's task source and adapted by every network.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..algorithms import PATHS
 from ..config import Config, EvalConfig
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, FewshotError
 from ..rundir import RunDir
 from . import checkpoint, vectorize
 from .setup import Experiment, build_experiment, resolve_device
@@ -106,45 +112,121 @@ def eval_settings(cfg: Config, **overrides: Any) -> EvalConfig:
 
 def evaluate(run: RunDir, settings: EvalConfig, device: str | None = None,
              inner_lr: float | None = None) -> dict[str, Any]:
-    """Evaluate a run; returns the result (the caller writes ``eval.json``)."""
-    cfg = run.read_config()
-    exp, state = load_experiment(run, settings.checkpoint, device, inner_lr)
-    steps = settings.steps if settings.steps is not None else cfg.algorithm.eval_inner_steps
-    shots = settings.shots or cfg.task.shots
-    queries = settings.queries or cfg.task.queries
-    classification = exp.algo.classification
-    chunks = queries if (classification and settings.query_batch == "per_class") else 1
-    path = recorded_path(run, exp)
+    """Evaluate a run under one protocol; returns the result (the caller writes
+    ``eval.json``)."""
+    return evaluate_protocols(run, [settings], device, inner_lr)[0]
 
-    gen = torch.Generator().manual_seed(settings.seed)
-    start = time.perf_counter()
-    curves, left = [], settings.tasks
-    while left > 0:
-        n = min(left, settings.chunk)
-        batch = exp.source.sample(n, gen, "test", shots=shots, queries=queries)
-        curves.append(exp.algo.adaptation_curve(batch.to(exp.device, exp.dtype), steps, path,
-                                                query_chunks=chunks).cpu())
-        left -= n
-    curve = torch.cat(curves)  # [tasks, steps + 1, metrics]
+
+@dataclass
+class _Model:
+    """One run being evaluated: the run itself or a baseline."""
+
+    run: RunDir
+    cfg: Config
+    exp: Experiment
+    state: dict[str, Any]
+    path: str
+    baseline: bool
+    seconds: float = 0.0
+
+
+def check_baseline(cfg: Config, baseline: RunDir, base_cfg: Config, what: str = "--baseline"
+                   ) -> None:
+    """ConfigError unless ``baseline``'s network can be scored on ``cfg``'s test tasks:
+    the same task kind and problem, and for classification the same ways and inputs."""
+    checks = [("task.kind", cfg.task.kind, base_cfg.task.kind),
+              ("problem", cfg.problem, base_cfg.problem)]
+    for key in ("ways", "image_size", "channels"):
+        if hasattr(cfg.task, key) or hasattr(base_cfg.task, key):
+            checks.append((f"task.{key}", getattr(cfg.task, key, None),
+                           getattr(base_cfg.task, key, None)))
+    for key, mine, theirs in checks:
+        if mine != theirs:
+            raise ConfigError(f"{what} {baseline.path}: cannot be compared on this run's test "
+                              f"tasks: {key} is {theirs!r} there, {mine!r} here")
+
+
+def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str | None = None,
+                       inner_lr: float | None = None, baselines: Sequence[RunDir] = (),
+                       table_steps: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Evaluate a run under every protocol (all with the checkpoint of the first), and
+    each baseline run on exactly the same test tasks with the same protocol and inner step
+    size. Returns one result per protocol and run, protocol by protocol, the run first.
+
+    Every protocol draws its tasks from the run's task source with its own ``seed``, so
+    protocols differing only in ``shots`` see the same task parameters (for sinusoids: the
+    same amplitudes and phases). ``table_steps`` (the step counts to report, recorded in
+    the settings) does not change what is computed: 0..steps.
+    """
+    cfg = run.read_config()
+    which = protocols[0].checkpoint
+    configs = [(b, b.read_config()) for b in baselines]
+    for b, base_cfg in configs:  # refuse before any checkpoint is loaded
+        if b.path.resolve() == run.path.resolve():
+            raise ConfigError(f"--baseline {b.path}: is the run being evaluated itself")
+        check_baseline(cfg, b, base_cfg)
+    exp, state = load_experiment(run, which, device, inner_lr)
+    models = [_Model(run, cfg, exp, state, recorded_path(run, exp), False)]
+    lr = inner_lr if inner_lr is not None else cfg.algorithm.inner_lr
+    for b, base_cfg in configs:
+        bexp, bstate = load_experiment(b, which, str(exp.device), lr)
+        models.append(_Model(b, base_cfg, bexp, bstate, recorded_path(b, bexp), True))
+    results: list[dict[str, Any]] = []
+    for settings in protocols:
+        steps = settings.steps if settings.steps is not None else cfg.algorithm.eval_inner_steps
+        shots = settings.shots or cfg.task.shots
+        queries = settings.queries or cfg.task.queries
+        classification = exp.algo.classification
+        chunks = queries if (classification and settings.query_batch == "per_class") else 1
+        gen = torch.Generator().manual_seed(settings.seed)
+        curves: list[list[torch.Tensor]] = [[] for _ in models]
+        for m in models:
+            m.seconds = 0.0
+        left = settings.tasks
+        while left > 0:
+            n = min(left, settings.chunk)
+            batch = exp.source.sample(n, gen, "test", shots=shots, queries=queries)
+            for m, out in zip(models, curves):
+                start = time.perf_counter()
+                out.append(m.exp.algo.adaptation_curve(
+                    batch.to(m.exp.device, m.exp.dtype), steps, m.path,
+                    query_chunks=chunks).cpu())
+                m.seconds += time.perf_counter() - start
+            left -= n
+        for m, out in zip(models, curves):
+            results.append(_result(m, cfg, settings, torch.cat(out), steps, shots, queries,
+                                   classification, table_steps))
+    return results
+
+
+def _result(m: _Model, cfg: Config, settings: EvalConfig, curve: torch.Tensor, steps: int,
+            shots: int, queries: int, classification: bool,
+            table_steps: Sequence[int] | None) -> dict[str, Any]:
+    """One entry of eval.json; ``curve`` is ``[tasks, steps + 1, metrics]`` and ``cfg`` the
+    config of the run whose tasks were drawn."""
     diverged_tasks = int((~torch.isfinite(curve[..., 0]).all(dim=1)).sum())
-    used = state["path"].stem
+    algo = m.cfg.algorithm
     return {
-        "run": str(run.path),
-        "checkpoint": used,
+        "run": str(m.run.path),
+        "name": m.run.path.name,
+        "baseline": m.baseline,
+        "algorithm": ("first-order " if getattr(algo, "first_order", False) else "") + algo.kind,
+        "checkpoint": m.state["path"].stem,
         "checkpoint_requested": settings.checkpoint,
-        "checkpoint_iteration": state.get("iteration"),
-        "run_status": run.status(),
+        "checkpoint_iteration": m.state.get("iteration"),
+        "run_status": m.run.status(),
         "settings": {
             "tasks": settings.tasks, "steps": steps, "shots": shots, "queries": queries,
             "ways": getattr(cfg.task, "ways", None), "seed": settings.seed,
-            "inner_lr": exp.algo.inner_lr, "split": "test", "loss": cfg.algorithm.loss,
+            "inner_lr": m.exp.algo.inner_lr, "split": "test", "loss": algo.loss,
             "query_batch": settings.query_batch if classification else "all",
             "protocol": _protocol(classification, settings.query_batch, queries, cfg),
-            "vectorize": path, "device": str(exp.device),
+            "vectorize": m.path, "device": str(m.exp.device),
+            "table_steps": sorted(set(table_steps)) if table_steps else None,
         },
         "diverged_tasks": diverged_tasks,
         "per_step": divergence_summary(curve),
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(m.seconds, 3),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -158,7 +240,7 @@ def recorded_path(run: RunDir, exp: Experiment) -> str:
         return mode
     try:
         return vectorize.choose(exp, "auto")[0]
-    except RunDirError:
+    except FewshotError:
         return exp.algo.available_paths[0]
 
 

@@ -104,3 +104,13 @@ def choose(exp: Experiment, path: Path, requested: int | None, key: str
     apply(chosen)
     return chosen, {"threads": chosen, "requested": "auto", "source": source,
                     "seconds_per_step": {k: round(v, 6) for k, v in entry.items()}}
+
+
+def for_run(meta: dict[str, Any]) -> int:
+    """Apply the thread count a run recorded (``eval`` and ``plot``); 1 when none was."""
+    record = meta.get("vectorize") if isinstance(meta.get("vectorize"), dict) else {}
+    choice = record.get("threads") if isinstance(record.get("threads"), dict) else {}
+    n = choice.get("threads")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1024 else 1
+    apply(n)
+    return n
