@@ -144,7 +144,7 @@ def eval_(
     run_dir: Annotated[Path, typer.Argument(
         metavar="RUN_DIR", help="A run directory written by `fewshot train`.")],
     checkpoint: Annotated[CheckpointChoice | None, typer.Option(
-        help="Which checkpoint [default: the config's eval.checkpoint, best].")] = None,
+        help="Which checkpoint [default: the config's eval.checkpoint, last].")] = None,
     tasks: Annotated[int | None, typer.Option(
         min=1, metavar="N", help="Number of test tasks [default: the run's eval.tasks].")
     ] = None,
@@ -305,7 +305,7 @@ def plot(
     run_dir: Annotated[Path, typer.Argument(
         metavar="RUN_DIR", help="A run directory written by `fewshot train`.")],
     checkpoint: Annotated[CheckpointChoice, typer.Option(
-        help="Checkpoint for the task figures.")] = CheckpointChoice.best,
+        help="Checkpoint for the task figures.")] = CheckpointChoice.last,
     format_: Annotated[PlotFormat, typer.Option(
         "--format", help="File format of the figures.")] = PlotFormat.png,
     shots: Annotated[int | None, typer.Option(

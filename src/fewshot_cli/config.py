@@ -230,7 +230,7 @@ class EvalConfig(Section):
     shots: PosInt | None = None
     queries: PosInt | None = None
     query_batch: Literal["all", "per_class"] = "all"
-    checkpoint: Literal["best", "last"] = "best"
+    checkpoint: Literal["best", "last"] = "last"
     chunk: PosInt = 100
 
 
