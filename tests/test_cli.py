@@ -50,6 +50,8 @@ def test_train_writes_run_directory(trained: Path) -> None:
     assert [r["iteration"] for r in train_rows] == list(range(5, 41, 5))
     assert [r["iteration"] for r in val_rows] == [20, 40]
     assert len(train_rows[0]["inner_loss"]) == 1 and train_rows[0]["meta_lr"] == 0.001
+    # the support loss after the last inner step, computed on the logged iterations
+    assert all(0 < r["inner_loss_after"] for r in train_rows)
     assert len(val_rows[0]["val_loss_steps"]) == 11
     assert (trained / "checkpoints" / "last.pt").is_file()
     assert (trained / "checkpoints" / "best.pt").is_file()
@@ -88,7 +90,7 @@ def test_plot_writes_valid_pngs(trained: Path) -> None:
     runner.invoke(app, ["eval", str(trained), "--tasks", "10", "--steps", "2"])
     r = runner.invoke(app, ["plot", str(trained)])
     assert r.exit_code == 0, r.output
-    for name in ("loss", "metrics", "fit", "adaptation"):
+    for name in ("loss", "metrics", "inner", "fit", "adaptation"):
         path = trained / "plots" / f"{name}.png"
         with Image.open(path) as im:
             im.verify()

@@ -160,6 +160,19 @@ def test_a_plug_in_with_its_own_metrics_trains_logs_and_plots(tmp_path: Path) ->
     assert plot_metrics(run, rows, cfg).is_file()
 
 
+def test_window_averages_each_metric_over_the_iterations_that_reported_it() -> None:
+    from fewshot_cli.engine.trainer import Window
+
+    w = Window()
+    w.add({"loss": torch.tensor(1.0), "steps": torch.tensor([1.0, 3.0])})
+    w.add({"loss": torch.tensor(3.0), "steps": torch.tensor([3.0, 5.0]),
+           "sparse": torch.tensor(7.0)})
+    restored = Window()
+    restored.load_state_dict(w.state_dict())
+    assert restored.flush() == {"loss": 2.0, "steps": [2.0, 4.0], "sparse": 7.0}
+    assert w.flush() == {"loss": 2.0, "steps": [2.0, 4.0], "sparse": 7.0} and not w.sums
+
+
 def test_progress_reaches_the_objective() -> None:
     fractions = []
 

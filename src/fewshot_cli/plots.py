@@ -250,6 +250,41 @@ def plot_metrics(run: RunDir, rows: list[dict[str, Any]], cfg: Config, fmt: str 
     return _save(fig, run.plots_dir / f"metrics.{fmt}")
 
 
+def plot_inner(run: RunDir, rows: list[dict[str, Any]], cfg: Config, fmt: str = "png",
+               curves: int = 6) -> Path | None:
+    """The support loss before and after every inner step (``inner_loss`` before each
+    step, ``inner_loss_after`` after the last), against the step, at ``curves``
+    points of training; drawn for algorithms that report both."""
+    usable = [r for r in rows if isinstance(r.get("inner_loss"), list) and r["inner_loss"]
+              and _finite(r.get("inner_loss_after")) is not None
+              and all(_finite(v) is not None for v in r["inner_loss"])]
+    if not usable:
+        return None
+    picks = sorted({round(i * (len(usable) - 1) / max(curves - 1, 1))
+                    for i in range(min(curves, len(usable)))})
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    values = []
+    for j, i in enumerate(picks):
+        r = usable[i]
+        ys = [*r["inner_loss"], r["inner_loss_after"]]
+        values += ys
+        ax.plot(range(len(ys)), ys, "o-", ms=3, color=cmap(j / max(len(picks) - 1, 1)),
+                label=f"iteration {r['iteration']}")
+    if _log_scale_helps(values):
+        ax.set_yscale("log")
+    ax.set_xlabel("inner steps taken")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"support loss ({loss_name(cfg.algorithm.loss)})")
+    ax.set_title("Support loss before and after each inner step")
+    ax.text(0.0, -0.16, "before each step: training-window means; after the last: the "
+            "logged iteration's meta-batch", transform=ax.transAxes, fontsize=7, color="0.35")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    _footer(fig, run)
+    return _save(fig, run.plots_dir / f"inner.{fmt}")
+
+
 def plot_accuracy(run: RunDir, rows: list[dict[str, Any]], cfg: Config, fmt: str = "png"
                   ) -> Path | None:
     x, y = _series(rows, "accuracy")
@@ -597,7 +632,8 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
                                           inner_lr=cfg.algorithm.inner_lr)[0])
     results = run.read_results()
     written: list[Path | None] = [plot_loss(run, rows, cfg, fmt),
-                                  plot_metrics(run, rows, cfg, fmt)]
+                                  plot_metrics(run, rows, cfg, fmt),
+                                  plot_inner(run, rows, cfg, fmt)]
     if cfg.problem == "classification":
         written.append(plot_accuracy(run, rows, cfg, fmt))
     written.append(plot_fit(run, exp, checkpoint, fmt, shots, steps, tasks, seed, base)

@@ -92,10 +92,13 @@ def split(batch: TaskBatch) -> tuple[Support, Query]:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where meta-training is: ``iteration`` (1-based) of ``total``."""
+    """Where meta-training is: ``iteration`` (1-based) of ``total``. ``logged``: this
+    iteration's metrics end a log window, so an algorithm may add metrics that cost
+    extra work (they are averaged over the iterations that report them)."""
 
     iteration: int
     total: int
+    logged: bool = True
 
     @property
     def fraction(self) -> float:

@@ -9,8 +9,9 @@ at the adapted parameters, averaged over ``meta_batch`` tasks.
 ``first_order=True`` drops the second-order terms (the paper's "first-order
 approximation", FOMAML): the inner gradients are treated as constants.
 
-Metrics: ``inner_loss`` (the support loss before each inner step) and, for
-classification, the query ``accuracy`` after adaptation.
+Metrics: ``inner_loss`` (the support loss before each inner step),
+``inner_loss_after`` (after the last one; computed on logged iterations only)
+and, for classification, the query ``accuracy`` after adaptation.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class MAML(Algorithm):
         out = self.forward(adapted.params, query.x, ctx)
         loss = self.per_task(self.loss_fn, out, query.y, ctx)
         metrics = dict(adapted.metrics)
+        if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
+            after = {k: v.detach() for k, v in adapted.params.items()}
+            metrics["inner_loss_after"] = self.task_loss(after, support.x, support.y,
+                                                         ctx).detach()
         if self.classification:
             metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
         return loss, metrics

@@ -90,31 +90,29 @@ class StopSignals:
 # ----------------------------------------------------------------------------- log window
 @dataclass
 class Window:
-    """Sums of the metrics since the last ``metrics.jsonl`` row."""
+    """Sums of the metrics since the last ``metrics.jsonl`` row, and how many
+    iterations reported each (a metric may be reported on logged iterations only)."""
 
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    n: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for k, v in metrics.items():
             v = v.detach()
             self.sums[k] = v.clone() if k not in self.sums else self.sums[k] + v
-        self.n += 1
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def flush(self) -> dict[str, Any]:
         """Window means: a float per scalar metric, a list per vector metric."""
-        row: dict[str, Any] = {}
-        for k, v in self.sums.items():
-            mean = (v / self.n).tolist()
-            row[k] = mean if isinstance(mean, list) else mean
-        self.sums, self.n = {}, 0
+        row = {k: (v / self.counts[k]).tolist() for k, v in self.sums.items()}
+        self.sums, self.counts = {}, {}
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "n": self.n}
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums, self.n = dict(state["sums"]), int(state["n"])
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -307,8 +305,9 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
                 break
             it += 1
             batch = exp.source.sample(cfg.algorithm.meta_batch, generator, "train")
+            logged = it % t.log_every == 0 or it == t.iterations
             metrics = algo.meta_step(batch.to(device, dtype), path,
-                                     TrainProgress(it, t.iterations), optimizer)
+                                     TrainProgress(it, t.iterations, logged), optimizer)
             if scheduler is not None:
                 scheduler.step()
             loss = metrics.get("loss")
