@@ -70,7 +70,10 @@ def score(run: RunDir, iteration: int | None, shots: list[int], steps: list[int]
             curves.append(exp.algo.adaptation_curve(batch, max(steps), "vmap"))
             left -= n
         rows = divergence_summary(torch.cat(curves))
-        out[k] = [(rows[s]["loss"]["mean"], rows[s]["loss"]["ci95"]) for s in steps]
+        metric = "accuracy" if "accuracy" in rows[0] else "loss"
+        scale = 100.0 if metric == "accuracy" else 1.0
+        out[k] = [(scale * rows[s][metric]["mean"], scale * rows[s][metric]["ci95"])
+                  for s in steps]
     return out
 
 
@@ -105,7 +108,8 @@ def main() -> None:
         f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python "
         f"benchmarks/selection.py --config {args.config} {set_text}"
         f"` (validation and a kept checkpoint every {args.every} iterations; test set: "
-        f"{args.tasks} tasks of the evaluation seed; loss mean ± 95% CI). Machine: "
+        f"{args.tasks} tasks of the evaluation seed; loss, or for classification accuracy "
+        "in %, mean ± 95% CI). Machine: "
         f"{platform.machine()}, {os.cpu_count()} cores; {time.time() - start:.0f} s.", "",
         "| rule | iteration | " + " | ".join(f"K={k}, {s} step(s)" for k in shots for s in steps)
         + " |", "| --- | ---: | " + " | ".join("---:" for _ in shots for _ in steps) + " |",
