@@ -130,11 +130,11 @@ def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
         raise typer.Exit(outcome.exit_code)
     if outcome.trained:
         best = meta.get("best_val")
-        best_text = (f", best validation {best['statistic']} loss {best['value']:.4g}"
+        best_text = (f", best val. {best['statistic']} loss {best['value']:.4g}"
                      if isinstance(best, dict) and isinstance(best.get("value"), float) else "")
         mode = (meta.get("vectorize") or {}).get("mode")
         err.print(f"{outcome.status}: {outcome.iteration} iterations in "
-                  f"{meta['wall_seconds']:.1f} s (vectorize={mode}){best_text}",
+                  f"{meta['wall_seconds']:.1f} s ({mode}){best_text}",
                   highlight=False, soft_wrap=True)
     out.print(str(run.path), highlight=False, soft_wrap=True)
 

@@ -297,8 +297,8 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
                 status = "interrupted"
                 save_last(it, elapsed_before + time.perf_counter() - start)
                 exit_code = SIGNAL_EXIT.get(stop.signum, 130)
-                message = (f"interrupted at iteration {it}; last.pt saved. Resume with: "
-                           f"fewshot train --resume {run.path}")
+                message = (f"interrupted at iteration {it}; last.pt saved\n"
+                           f"resume: fewshot train --resume {run.path}")
                 break
             if it >= t.iterations:
                 status, exit_code = "completed", 0
