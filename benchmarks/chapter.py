@@ -13,6 +13,7 @@ import math
 import time
 from pathlib import Path
 
+import results_md  # benchmarks/ is the script's folder
 import torch
 
 from fewshot_cli.engine.evaluator import load_experiment, summarize
@@ -64,8 +65,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write_results:
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a") as f:
-            f.write("\n" + text)
+        results_md.append(text)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import results_md  # benchmarks/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 OLD_COMMIT = "ca0dd8d"
 DEFAULT_OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT",
                                        ROOT.parent / "shared" / "data" / "omniglot"))
@@ -256,7 +257,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="folder for the temporary files")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--write-results", action="store_true",
-                   help=f"append the results to {RESULTS.relative_to(ROOT)}")
+                   help=f"append the results to {results_md.RESULTS.relative_to(ROOT)}")
     p.add_argument("--checkpoint-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.names = [s.strip() for s in args.configs.split(",") if s.strip()]
@@ -346,9 +347,7 @@ def main(argv: list[str] | None = None) -> None:
                    "Settings: vectorize vmap, device cpu, validation "
                    f"({args.val_tasks} tasks) only after the last iteration; sine logs every "
                    "100 iterations, Omniglot every 10.", "", *lines, ""]
-        with RESULTS.open("a") as f:
-            f.write("\n".join(section))
-        print(f"appended to {RESULTS}")
+        results_md.append("\n".join(section))
 
 
 if __name__ == "__main__":

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import results_md  # benchmarks/ is the script's folder
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 DEFAULT_OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT",
                                        ROOT.parent / "shared" / "data" / "omniglot"))
 #: Metrics keys that measure the machine, not the computation.
@@ -326,7 +326,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="folder for the temporary runs")
     p.add_argument("--keep", action="store_true", help="keep the run directories")
     p.add_argument("--write-results", action="store_true",
-                   help=f"append the results to {RESULTS.relative_to(ROOT)}")
+                   help=f"append the results to {results_md.RESULTS.relative_to(ROOT)}")
     args = p.parse_args(argv)
     if args.trials < 1:
         p.error("--trials must be at least 1")
@@ -432,9 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             "\"logged it.\" is the last metrics.jsonl row before the kill.", "",
             *lines, "", f"**{summary}.**", "",
         ]
-        with RESULTS.open("a") as f:
-            f.write("\n".join(section))
-        print(f"appended to {RESULTS}")
+        results_md.append("\n".join(section))
     return 0 if same == len(trials) else 1
 
 

@@ -32,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import results_md  # noqa: E402 - benchmarks/ is the script's folder
+
 from fewshot_cli.engine import checkpoint  # noqa: E402
 from fewshot_cli.engine.evaluator import divergence_summary, load_experiment  # noqa: E402
 from fewshot_cli.rundir import RunDir  # noqa: E402
@@ -122,8 +124,7 @@ def main() -> None:
     print(text)
     print(json.dumps({k: v for k, v in picks.items()}))
     if args.write_results:
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a") as f:
-            f.write("\n" + text)
+        results_md.append(text)
 
 
 if __name__ == "__main__":

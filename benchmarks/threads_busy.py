@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_md  # benchmarks/ is the script's folder
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,8 +96,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write_results:
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a") as f:
-            f.write("\n" + text)
+        results_md.append(text)
 
 
 if __name__ == "__main__":
