@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from typing import Any
 
 import torch
 
-from ..algorithms import Path, Progress
-from ..files import atomic_write_text, cache_root
+from ..algorithms import Path
+from ..files import cache_root
+from . import vectorize
 from .setup import Experiment
 
 #: More threads must make a meta-update at least this much faster to be chosen.
@@ -36,26 +36,10 @@ def apply(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _time(exp: Experiment, batch: Any, path: Path, threads: int, budget_s: float = 0.4) -> float:
-    probe = copy.deepcopy(exp.algo)
-    optimizer = probe.configure_optimizer()
+def _time(exp: Experiment, batch: Any, path: Path, threads: int) -> float:
+    """Seconds of one meta-update with ``threads`` threads, on a throwaway copy."""
     apply(threads)
-    cuda = exp.device.type == "cuda"
-
-    def step() -> float:
-        if cuda:
-            torch.cuda.synchronize(exp.device)
-        t = time.perf_counter()
-        probe.meta_step(batch, path, Progress(1, 1), optimizer)
-        if cuda:
-            torch.cuda.synchronize(exp.device)
-        return time.perf_counter() - t
-
-    step()
-    times = [step()]
-    while sum(times) < budget_s and len(times) < 20:
-        times.append(step())
-    return min(times)
+    return vectorize.time_step(copy.deepcopy(exp.algo), batch, path, exp.device, budget_s=0.4)
 
 
 def choose(exp: Experiment, path: Path, requested: int | None, key: str
@@ -74,11 +58,7 @@ def choose(exp: Experiment, path: Path, requested: int | None, key: str
         return 1, {"threads": 1, "requested": "auto", "source": "only choice"}
     file = cache_root() / "threads.json"
     full_key = json.dumps([key, path, candidates])
-    try:
-        cache = json.loads(file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    cache = cache if isinstance(cache, dict) else {}
+    cache = vectorize.read_cache(file)
     entry = cache.get(full_key)
     valid = isinstance(entry, dict) and set(entry) == {str(c) for c in candidates} and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
@@ -95,10 +75,7 @@ def choose(exp: Experiment, path: Path, requested: int | None, key: str
             torch.set_rng_state(rng)
         source = "measured"
         cache[full_key] = entry
-        try:
-            atomic_write_text(file, json.dumps(cache, indent=1))
-        except OSError:
-            pass
+        vectorize.write_cache(file, cache)
     best = min(candidates, key=lambda c: entry[str(c)])
     chosen = best if entry["1"] / entry[str(best)] >= MIN_GAIN else 1
     apply(chosen)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path as PathLike
 from typing import Any
 
 import torch
@@ -43,8 +44,8 @@ def cache_key(exp: Experiment) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
-def _time_step(algo: Algorithm, batch, path: Path, device: torch.device,
-               budget_s: float = 0.3) -> float:
+def time_step(algo: Algorithm, batch, path: Path, device: torch.device,
+              budget_s: float = 0.3) -> float:
     """Seconds of one meta-update (``meta_step``), best of a few, on a throwaway copy."""
     optimizer = algo.configure_optimizer()
 
@@ -81,7 +82,7 @@ def measure(exp: Experiment) -> dict[str, float | None]:
         for path in exp.algo.available_paths:
             probe = copy.deepcopy(exp.algo)
             try:
-                timings[path] = _time_step(probe, batch, path, exp.device)
+                timings[path] = time_step(probe, batch, path, exp.device)
             except torch.cuda.OutOfMemoryError:
                 timings[path] = None
             except RuntimeError as e:
@@ -97,6 +98,23 @@ def measure(exp: Experiment) -> dict[str, float | None]:
         raise FewshotError("train.vectorize: auto: every batching path ran out of GPU memory; "
                            "reduce algorithm.meta_batch")
     return timings
+
+
+def read_cache(file: PathLike) -> dict[str, Any]:
+    """A JSON measurement cache; {} when missing, unreadable or not an object."""
+    try:
+        cache = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def write_cache(file: PathLike, cache: dict[str, Any]) -> None:
+    """Write a measurement cache; an unwritable one only costs a re-measurement."""
+    try:
+        atomic_write_text(file, json.dumps(cache, indent=1))
+    except OSError:
+        pass
 
 
 def _cached(cache: Any, key: str, paths: tuple[str, ...]) -> dict[str, float | None] | None:
@@ -122,21 +140,14 @@ def choose(exp: Experiment, requested: str) -> tuple[Path, dict[str, Any]]:
         return paths[0], {"requested": "auto", "mode": paths[0], "source": "only path"}
     file = cache_root() / "vectorize.json"
     key = cache_key(exp)
-    try:
-        cache = json.loads(file.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_cache(file)
     timings = _cached(cache, key, paths)
     source = "cached measurement"
     if timings is None:
         timings = measure(exp)
         source = "measured"
-        cache = cache if isinstance(cache, dict) else {}
         cache[key] = timings
-        try:
-            atomic_write_text(file, json.dumps(cache, indent=1))
-        except OSError:
-            pass  # an unwritable cache only costs a re-measurement next time
+        write_cache(file, cache)
     mode: Path = min((p for p in timings if timings[p] is not None),  # type: ignore[assignment]
                      key=lambda p: timings[p])
     return mode, {"requested": "auto", "mode": mode, "source": source,
