@@ -251,41 +251,38 @@ class RunDir:
         with _writing(self.metrics_path), self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(dumps(row) + "\n")
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Every well-formed row: a JSON object with an integer ``iteration``. Anything
-        else (a partly written last line of a live run, a line edited by hand,
-        bytes that are not UTF-8) is skipped."""
+    def _row_lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(line, row)`` for every well-formed row: a JSON object with an integer
+        ``iteration``. Anything else (a partly written last line of a live run, a line
+        edited by hand, bytes that are not UTF-8) is skipped."""
         if not self.metrics_path.is_file():
             return []
         try:
             text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
         except OSError as e:
             raise RunDirError(f"{self.metrics_path}: cannot read ({e.strerror})") from None
-        rows = []
+        out = []
         for line in text.splitlines():
             try:
                 row = json.loads(line)
             except ValueError:
                 continue
             if _is_row(row):
-                rows.append(row)
-        return rows
+                out.append((line, row))
+        return out
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every well-formed row of metrics.jsonl (see :meth:`_row_lines`)."""
+        return [row for _, row in self._row_lines()]
 
     def truncate_metrics(self, iteration: int) -> None:
         """Keep only the rows up to ``iteration`` (resume: no row duplicated or missing)."""
         if not self.metrics_path.is_file():
             return
-        lines = self.metrics_path.read_bytes().decode("utf-8", errors="replace").splitlines()
-        kept = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if _is_row(row) and row["iteration"] <= iteration:
-                kept.append(line + "\n")
+        kept = "".join(line + "\n" for line, row in self._row_lines()
+                       if row["iteration"] <= iteration)
         with _writing(self.metrics_path):
-            atomic_write_text(self.metrics_path, "".join(kept))
+            atomic_write_text(self.metrics_path, kept)
 
     # -- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, which: str, state: dict[str, Any]) -> None:
