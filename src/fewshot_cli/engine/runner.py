@@ -31,6 +31,16 @@ def _announce(console: Console) -> Any:
     return on_first
 
 
+def _build(cfg: Config) -> Experiment:
+    """The experiment, after checking what training needs beyond it (the tensorboard
+    package when asked for), so a missing piece fails before the run directory changes."""
+    if cfg.train.tensorboard:
+        from .tensorboard import require_tensorboard
+
+        require_tensorboard()
+    return build_experiment(cfg)
+
+
 def _tensorboard(cfg: Config, run: RunDir, purge_step: int | None) -> Any:
     if not cfg.train.tensorboard:
         return None
@@ -43,11 +53,7 @@ def start(cfg: Config, *, runs_root: Path, run_dir: Path | None, console: Consol
           show_progress: bool = True) -> tuple[RunDir, Outcome]:
     """Build ``cfg`` (data, device and path errors come before any folder exists),
     create its run directory and train."""
-    if cfg.train.tensorboard:
-        from .tensorboard import require_tensorboard
-
-        require_tensorboard()
-    exp = build_experiment(cfg)
+    exp = _build(cfg)
     path, info = choose_path_and_threads(exp, console)
     with StopSignals(_announce(console)) as stop:
         run = RunDir.create(cfg.name, runs_root, run_dir)
@@ -117,11 +123,7 @@ def resume(path: Path, overrides: list[str], *, console: Console,
                                 f"{run.path}: stopped at train.max_seconds "
                                 f"({cfg.train.max_seconds:g} s of training); nothing changed. "
                                 "Raise it with --set train.max_seconds=S", meta, False)
-        if cfg.train.tensorboard:
-            from .tensorboard import require_tensorboard
-
-            require_tensorboard()
-        exp = build_experiment(cfg)
+        exp = _build(cfg)
         recorded = (state["trainer"]["path"] if state is not None
                     else (meta.get("vectorize") or {}).get("mode"))
         record = meta.get("vectorize") if isinstance(meta.get("vectorize"), dict) else {}
