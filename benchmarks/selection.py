@@ -55,12 +55,12 @@ def pick(rows: list[dict], key: str) -> int:
 
 
 def score(run: RunDir, iteration: int | None, shots: list[int], steps: list[int],
-          tasks: int) -> dict[int, list[tuple[float, float]]]:
+          tasks: int, device: str = "cpu") -> dict[int, list[tuple[float, float]]]:
     """{K: [(mean, ci95) at each of ``steps``]} for one checkpoint."""
-    exp, _ = load_experiment(run, "last", device="cpu")
+    exp, _ = load_experiment(run, "last", device=device)
     if iteration is not None:
         path = run.checkpoint_dir / f"iter-{iteration:07d}.pt"
-        exp.algo.load_state_dict(checkpoint.load(path)["algorithm"])
+        exp.algo.load_state_dict(checkpoint.load(path, map_location=exp.device)["algorithm"])
     out = {}
     for k in shots:
         gen = torch.Generator().manual_seed(exp.cfg.eval.seed)
@@ -68,7 +68,8 @@ def score(run: RunDir, iteration: int | None, shots: list[int], steps: list[int]
         while left:
             n = min(left, 100)
             batch = exp.source.sample(n, gen, "test", shots=k,
-                                      queries=exp.cfg.eval.queries or exp.cfg.task.queries)
+                                      queries=exp.cfg.eval.queries or exp.cfg.task.queries
+                                      ).to(exp.device)
             curves.append(exp.algo.adaptation_curve(batch, max(steps), "vmap"))
             left -= n
         rows = divergence_summary(torch.cat(curves))
@@ -77,6 +78,10 @@ def score(run: RunDir, iteration: int | None, shots: list[int], steps: list[int]
         out[k] = [(scale * rows[s][metric]["mean"], scale * rows[s][metric]["ci95"])
                   for s in steps]
     return out
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
 
 
 def main() -> None:
@@ -88,6 +93,8 @@ def main() -> None:
     ap.add_argument("--steps", default="1,10")
     ap.add_argument("--tasks", type=int, default=600)
     ap.add_argument("--run", help="reuse this run directory instead of training")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for training and scoring")
+    ap.add_argument("--out", help="also write the table to this file")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     shots = [int(x) for x in args.shots.split(",")]
@@ -96,14 +103,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.run) if args.run else Path(tmp) / "run"
         if not args.run:
-            train(args.config, path, args.sets, args.every)
+            train(args.config, path, [f"device={args.device}", *args.sets], args.every)
         run = RunDir(path)
         rows = [r for r in run.read_metrics() if "val_loss" in r]
         picks = {"mean (old rule)": pick(rows, "val_loss"),
                  "median (new rule)": pick(rows, "val_loss_median"),
                  "last": None}
         last_it = max(r["iteration"] for r in rows)
-        results = {name: score(run, it, shots, steps, args.tasks) for name, it in picks.items()}
+        results = {name: score(run, it, shots, steps, args.tasks, args.device)
+                   for name, it in picks.items()}
     set_text = " ".join("--set " + s for s in args.sets)
     lines = [
         f"## Checkpoint selection: {Path(args.config).name} ({time.strftime('%Y-%m-%d')})", "",
@@ -112,7 +120,8 @@ def main() -> None:
         f"` (validation and a kept checkpoint every {args.every} iterations; test set: "
         f"{args.tasks} tasks of the evaluation seed; loss, or for classification accuracy "
         "in %, mean ± 95% CI). Machine: "
-        f"{platform.machine()}, {os.cpu_count()} cores; {time.time() - start:.0f} s.", "",
+        f"{platform.machine()}, {os.cpu_count()} cores, device {device_name(args.device)}; "
+        f"{time.time() - start:.0f} s.", "",
         "| rule | iteration | " + " | ".join(f"K={k}, {s} step(s)" for k in shots for s in steps)
         + " |", "| --- | ---: | " + " | ".join("---:" for _ in shots for _ in steps) + " |",
     ]
@@ -123,6 +132,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     print(json.dumps({k: v for k, v in picks.items()}))
+    if args.out:
+        Path(args.out).write_text(text)
     if args.write_results:
         results_md.append(text)
 
