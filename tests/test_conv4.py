@@ -13,7 +13,7 @@ from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig
 from fewshot_cli.models import Conv4
 from fewshot_cli.models.conv4 import BatchStatNorm
-from fewshot_cli.tasks.base import TaskBatch
+from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
 WAYS = 5
 
@@ -37,7 +37,8 @@ def _algo(strided: bool, steps: int, first_order: bool = False, size: int = 16,
     torch.manual_seed(seed)
     model = Conv4((1, size, size), WAYS, filters=filters, strided=strided).double()
     return MAML(model, MAMLConfig(loss="cross_entropy", inner_lr=0.4, inner_steps=steps,
-                                  first_order=first_order), "classification")
+                                  first_order=first_order),
+                TaskShape("classification", (1, size, size), WAYS))
 
 
 def _flat_grad(algo: MAML, loss_fn) -> torch.Tensor:

@@ -33,7 +33,7 @@ from fewshot_cli.errors import ConfigError, FewshotError, RunDirError
 from fewshot_cli.models import Conv4
 from fewshot_cli.plots import plot_run
 from fewshot_cli.rundir import RunDir
-from fewshot_cli.tasks.base import TaskBatch
+from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
 ROOT = Path(__file__).resolve().parents[1]
 SINE = ROOT / "configs" / "sine-maml.yaml"
@@ -135,7 +135,7 @@ class Averaged(MAML):
 def test_a_plug_in_with_its_own_metrics_trains_logs_and_plots(tmp_path: Path) -> None:
     cfg = sine_cfg()
     exp = build_experiment(cfg, torch.device("cpu"))
-    toy = Averaged(exp.algo.model, cfg.algorithm, "regression")
+    toy = Averaged(exp.algo.model, cfg.algorithm, exp.source)
     exp.algo = toy
     # the path is the algorithm's to declare: vmap is refused, auto picks loop without timing
     with pytest.raises(ConfigError, match="not available for algorithm"):
@@ -183,7 +183,7 @@ def test_progress_reaches_the_objective() -> None:
 
     cfg = sine_cfg()
     exp = build_experiment(cfg, torch.device("cpu"))
-    algo = Spy(exp.algo.model, cfg.algorithm, "regression")
+    algo = Spy(exp.algo.model, cfg.algorithm, exp.source)
     batch = exp.source.sample(2, torch.Generator().manual_seed(0), "train")
     algo.meta_loss(batch, "loop", Progress(3, 12))
     assert fractions == [0.25, 0.25]
@@ -238,7 +238,7 @@ def test_second_order_gradient_through_conv4_with_batch_norm_matches_finite_diff
     torch.manual_seed(0)
     model = Conv4((1, size, size), 3, filters=2, strided=strided).double()
     algo = MAML(model, MAMLConfig(loss="cross_entropy", inner_lr=0.3, inner_steps=2),
-                "classification")
+                TaskShape("classification", (1, size, size), 3))
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(2, 6, 1, size, size, generator=gen, dtype=torch.float64)
     labels = torch.arange(3).repeat(2).expand(2, -1).contiguous()

@@ -9,7 +9,10 @@ from fewshot_cli.algorithms import Context, Progress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig, SinusoidTask
 from fewshot_cli.models import MLP
+from fewshot_cli.tasks.base import TaskShape
 from fewshot_cli.tasks.sinusoid import SinusoidTasks
+
+SINE_SHAPE = TaskShape("regression", (1,), 1)
 
 EVAL = Context(training=False)
 
@@ -18,7 +21,7 @@ def _setup(steps: int = 2, first_order: bool = False, seed: int = 0):
     torch.manual_seed(seed)
     model = MLP(1, 1, [5, 4]).double()
     algo = MAML(model, MAMLConfig(loss="mse", inner_lr=0.05, inner_steps=steps,
-                                  first_order=first_order), "regression")
+                                  first_order=first_order), SINE_SHAPE)
     batch = SinusoidTasks(SinusoidTask(shots=5, queries=6)).sample(
         3, torch.Generator().manual_seed(seed)).to("cpu", torch.float64)
     return algo, batch

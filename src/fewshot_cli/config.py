@@ -47,6 +47,39 @@ def _check_range(value: Range, what: str) -> Range:
 Problem = Literal["regression", "classification"]
 
 
+class Demonstration(Section):
+    """A demonstration from another domain in place of the labelled support set (DAML,
+    Yu et al. 2018): ``task.shots`` inputs, each shown only through the observation
+    ``scale * y + shift + N(0, noise_std^2)`` of the task's curve (``observe: true``) or
+    not at all (``observe: false``: the inputs alone, where they lie telling the task).
+    The support set then never holds target values."""
+
+    x_range: Range | None = None
+    x_ranges: list[Range] | None = None
+    observe: bool = True
+    scale: float = 0.5
+    shift: float = 1.0
+    noise_std: Annotated[float, Field(ge=0)] = 0.05
+
+    @field_validator("x_range")
+    @classmethod
+    def _ordered(cls, v: Range | None) -> Range | None:
+        return v if v is None else _check_range(v, "x_range")
+
+    @field_validator("x_ranges")
+    @classmethod
+    def _each_ordered(cls, v: list[Range] | None) -> list[Range] | None:
+        for r in v or []:
+            _check_range(r, "each of x_ranges")
+        return v
+
+    @model_validator(mode="after")
+    def _one_range(self) -> Demonstration:
+        if self.x_range is not None and self.x_ranges is not None:
+            raise ValueError("give x_range (one interval) or x_ranges (one per phase), not both")
+        return self
+
+
 class SinusoidTask(Section):
     """Sinusoid regression (Finn et al. 2017, sec. 5.1): y = A sin(x - phase) + noise."""
 
@@ -59,6 +92,17 @@ class SinusoidTask(Section):
     shots: PosInt = 10
     queries: PosInt = 10
     noise_std: Annotated[float, Field(ge=0)] = 0.0
+    demonstration: Demonstration | None = None
+
+    @model_validator(mode="after")
+    def _ranges_per_phase(self) -> SinusoidTask:
+        demo = self.demonstration
+        if demo is not None and demo.x_ranges is not None and (
+                not self.phase_choices or len(demo.x_ranges) != len(self.phase_choices)):
+            raise ValueError("demonstration.x_ranges needs one interval per entry of "
+                             f"phase_choices ({len(self.phase_choices or [])}), found "
+                             f"{len(demo.x_ranges)}")
+        return self
 
     @field_validator("amplitude", "phase", "x_range")
     @classmethod
@@ -195,6 +239,28 @@ class PretrainConfig(AlgorithmSection):
     kind: Literal["pretrain"] = "pretrain"
 
 
+class DAMLConfig(AlgorithmSection):
+    """DAML (Yu et al. 2018): adaptation by a learned loss over the network's output and
+    hidden activations on the support set (a demonstration), meta-learned with the init.
+
+    ``loss_hidden``: the loss network's hidden sizes; ``loss_norm``: the inner loss is the
+    mean L1 norm or squared L2 norm of its output; ``observation``: its input also holds the
+    support set's own observations (a demonstration's, or the support labels); ``hidden``:
+    which of the network's hidden activations it sees; ``points_per_step``: support points
+    per inner step, taken in turn (null: all of them every step); ``inner_grad_clip``: clip
+    each inner-gradient element to [-c, c] (null: none).
+    """
+
+    kind: Literal["daml"] = "daml"
+    first_order: bool = False
+    loss_hidden: list[PosInt] = [32, 32]
+    loss_norm: Literal["l1", "l2"] = "l1"
+    observation: bool = True
+    hidden: Literal["all", "last", "none"] = "all"
+    points_per_step: PosInt | None = None
+    inner_grad_clip: PosFloat | None = None
+
+
 ALGORITHM_SECTIONS: dict[str, type[AlgorithmSection]] = {
     c.model_fields["kind"].default: c for c in AlgorithmSection.__subclasses__()
 }
@@ -265,6 +331,12 @@ class Config(Section):
         if self.problem == "regression" and self.algorithm.loss == "cross_entropy":
             raise ValueError(
                 f"algorithm.loss must be mse or l1 for {self.task.kind} tasks, found cross_entropy")
+        demo = getattr(self.task, "demonstration", None)
+        if demo is not None and not demo.observe and self.algorithm.kind != "daml":
+            raise ValueError(
+                f"algorithm.kind {self.algorithm.kind} adapts on the support labels, and this "
+                "task's demonstration (task.demonstration.observe: false) has none; "
+                "use algorithm.kind: daml")
         return self
 
     @property

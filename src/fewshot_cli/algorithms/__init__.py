@@ -12,11 +12,24 @@ import importlib
 from torch import nn
 
 from ..config import Config
-from .base import PATHS, Algorithm, Context, Params, Path, Progress, Query, Support, map_tasks
+from ..tasks.base import TaskSource
+from .base import (
+    PATHS,
+    Algorithm,
+    Context,
+    Evaluation,
+    Params,
+    Path,
+    Progress,
+    Query,
+    Support,
+    map_tasks,
+)
 
 #: ``algorithm.kind`` -> ``module:Class`` of its implementation.
 ALGORITHMS: dict[str, str] = {
     "maml": "maml:MAML",
+    "daml": "daml:DAML",
     "pretrain": "pretrain:Pretrain",
 }
 
@@ -26,10 +39,10 @@ def algorithm_class(kind: str) -> type[Algorithm]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def build(cfg: Config, model: nn.Module) -> Algorithm:
-    """The algorithm named by ``cfg.algorithm.kind``, wrapping ``model``."""
-    return algorithm_class(cfg.algorithm.kind)(model, cfg.algorithm, cfg.problem)
+def build(cfg: Config, model: nn.Module, task: TaskSource) -> Algorithm:
+    """The algorithm named by ``cfg.algorithm.kind``, wrapping ``model``, for ``task``'s tasks."""
+    return algorithm_class(cfg.algorithm.kind)(model, cfg.algorithm, task)
 
 
-__all__ = ["ALGORITHMS", "PATHS", "Algorithm", "Context", "Params", "Path", "Progress", "Query",
-           "Support", "algorithm_class", "build", "map_tasks"]
+__all__ = ["ALGORITHMS", "PATHS", "Algorithm", "Context", "Evaluation", "Params", "Path",
+           "Progress", "Query", "Support", "algorithm_class", "build", "map_tasks"]

@@ -38,8 +38,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
-from ..config import AlgorithmSection, Problem
-from ..tasks.base import TaskBatch
+from ..config import AlgorithmSection
+from ..tasks.base import TaskBatch, TaskSource
 
 Params = dict[str, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
@@ -128,6 +128,14 @@ class Adapted(NamedTuple):
     observed: list[Any]       # observe(params) before the first step and after each step
 
 
+class Evaluation(NamedTuple):
+    """The result of :meth:`Algorithm.evaluate_tasks` on ``B`` tasks."""
+
+    curve: torch.Tensor              # [B, steps + 1, m]: query loss (and accuracy) per step
+    inner: Metrics                   # name -> [B, steps]: the adaptation's own metrics
+    probed: torch.Tensor | None      # [B, 2, G, out]: predictions on probe inputs, before/after
+
+
 def stack_params(params: Params, n_tasks: int) -> Params:
     """Every tensor repeated (as a view) along a new leading task dimension."""
     return {k: v.expand(n_tasks, *v.shape) for k, v in params.items()}
@@ -169,12 +177,14 @@ class Algorithm(nn.Module):
     kind: ClassVar[str]
     paths: ClassVar[tuple[Path, ...]] = ("vmap", "loop")
 
-    def __init__(self, model: nn.Module, cfg: AlgorithmSection, problem: Problem) -> None:
+    def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource) -> None:
+        """``task`` describes the tasks (``problem``, ``input_shape``, ``output_dim``),
+        for algorithms that size extra meta-parameters from them."""
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.loss_fn = LOSSES[cfg.loss]
-        self.classification = problem == "classification"
+        self.classification = task.problem == "classification"
         self.inner_lr = cfg.inner_lr
         self.inner_steps = cfg.inner_steps
 
@@ -313,17 +323,36 @@ class Algorithm(nn.Module):
     def adaptation_curve(self, batch: TaskBatch, steps: int, path: Path,
                          query_chunks: int = 1) -> torch.Tensor:
         """Query metrics after 0..steps inner steps, ``[B, steps + 1, m]`` (no outer graph)."""
+        return self.evaluate_tasks(batch, steps, path, query_chunks).curve
+
+    def evaluate_tasks(self, batch: TaskBatch, steps: int, path: Path, query_chunks: int = 1,
+                       probe: torch.Tensor | None = None) -> Evaluation:
+        """Adapt every task of ``batch`` for ``steps`` steps, without an outer graph.
+
+        Returns the query metrics after 0..steps steps, the adaptation's own per-step
+        metrics (e.g. ``inner_loss``, ``[B, steps]``) and, given ``probe`` inputs
+        ``[G, ...]`` shared by all tasks, the network's predictions on them before and
+        after adaptation, ``[B, 2, G, out]`` (function-space errors, plots).
+        """
         base = {k: v.detach() for k, v in self.params().items()}
 
-        def one(params: Params, support: Support, query: Query, ctx: Context) -> torch.Tensor:
-            seen = self.adapt(params, support, steps, ctx,
-                              observe=lambda p: self.query_metrics(p, query, ctx,
-                                                                   query_chunks)).observed
-            return torch.stack(seen, dim=-2)
+        def one(params: Params, support: Support, query: Query, ctx: Context) -> Any:
+            adapted = self.adapt(params, support, steps, ctx,
+                                 observe=lambda p: self.query_metrics(p, query, ctx,
+                                                                      query_chunks))
+            curve = torch.stack(adapted.observed, dim=-2)
+            if probe is None:
+                return curve, adapted.metrics
+            grid = probe.expand(support.x.shape[0], *probe.shape) if ctx.fused else probe
+            seen = [self.forward(p, grid, ctx) for p in (params, adapted.params)]
+            return curve, adapted.metrics, torch.stack(seen, dim=-3)
 
         support, query = split(batch)
-        return map_tasks(one, base, support, query, path=path,
-                         ctx=Context(training=False)).detach()
+        curve, metrics, *probed = map_tasks(one, base, support, query, path=path,
+                                            ctx=Context(training=False))
+        probed = probed[0] if probed else None
+        return Evaluation(curve.detach(), {k: v.detach() for k, v in metrics.items()},
+                          None if probed is None else probed.detach())
 
     def adapt_one(self, batch: TaskBatch, index: int, steps: int) -> Params:
         """Adapted parameters of task ``index`` after ``steps`` inner steps (plots)."""

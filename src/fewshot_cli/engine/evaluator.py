@@ -179,24 +179,68 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
         classification = exp.algo.classification
         chunks = queries if (classification and settings.query_batch == "per_class") else 1
         gen = torch.Generator().manual_seed(settings.seed)
-        curves: list[list[torch.Tensor]] = [[] for _ in models]
+        parts: list[list[Part]] = [[] for _ in models]
         for m in models:
             m.seconds = 0.0
         left = settings.tasks
         while left > 0:
             n = min(left, settings.chunk)
             batch = exp.source.sample(n, gen, "test", shots=shots, queries=queries)
-            for m, out in zip(models, curves):
+            for m, out in zip(models, parts):
                 start = time.perf_counter()
-                out.append(m.exp.algo.adaptation_curve(
-                    batch.to(m.exp.device, m.exp.dtype), steps, m.path,
-                    query_chunks=chunks).cpu())
+                out.append(_evaluate_chunk(m.exp, batch, steps, m.path, chunks))
                 m.seconds += time.perf_counter() - start
             left -= n
-        for m, out in zip(models, curves):
-            results.append(_result(m, cfg, settings, torch.cat(out), steps, shots, queries,
-                                   classification, table_steps))
+        for m, out in zip(models, parts):
+            result = _result(m, cfg, settings, torch.cat([p.curve for p in out]), steps,
+                             shots, queries, classification, table_steps)
+            result["inner"] = _inner_summary([p.inner for p in out])
+            if out[0].probe is not None:
+                result["probe"] = _probe_summary(exp.source, [p.probe for p in out])
+            results.append(result)
     return results
+
+
+@dataclass
+class Part:
+    """One chunk of test tasks, evaluated: query curve, inner metrics, probe metrics."""
+
+    curve: torch.Tensor
+    inner: dict[str, torch.Tensor]
+    probe: dict[str, torch.Tensor] | None
+
+
+def _evaluate_chunk(exp: Experiment, batch: Any, steps: int, path: str, chunks: int) -> Part:
+    """Adapt one chunk of test tasks; where the task source defines probe points (the whole
+    input range of a sinusoid), also score the adapted function there."""
+    source = exp.source
+    probe = source.probe().to(exp.device, exp.dtype) if hasattr(source, "probe") else None
+    moved = batch.to(exp.device, exp.dtype)
+    ev = exp.algo.evaluate_tasks(moved, steps, path, chunks, probe)
+    scored = None
+    if ev.probed is not None:
+        scored = {k: v.cpu() for k, v in source.probe_metrics(batch, ev.probed.cpu()).items()}
+    return Part(ev.curve.cpu(), {k: v.cpu() for k, v in ev.inner.items()}, scored)
+
+
+def _inner_summary(chunks: list[dict[str, torch.Tensor]]) -> dict[str, list[dict[str, Any]]]:
+    """Per inner step, each adaptation metric summarised over tasks (``[tasks, steps]``)."""
+    out = {}
+    for name in chunks[0]:
+        values = torch.cat([c[name] for c in chunks])
+        if values.dim() != 2:
+            continue
+        out[name] = [summarize(values[:, s]) for s in range(values.shape[1])]
+    return out
+
+
+def _probe_summary(source: Any, chunks: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Function-space scores before and after adaptation (``[tasks, 2]`` each)."""
+    out: dict[str, Any] = {"points": source.probe_description()}
+    for name in chunks[0]:
+        values = torch.cat([c[name] for c in chunks])
+        out[name] = {"before": summarize(values[:, 0]), "after": summarize(values[:, 1])}
+    return out
 
 
 def _result(m: _Model, cfg: Config, settings: EvalConfig, curve: torch.Tensor, steps: int,

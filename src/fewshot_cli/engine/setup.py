@@ -52,5 +52,5 @@ def build_experiment(cfg: Config, device: torch.device | None = None) -> Experim
     source = tasks.build(cfg.task)
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, source)
-    algo = algorithms.build(cfg, model).to(device=device, dtype=dtype)
+    algo = algorithms.build(cfg, model, source).to(device=device, dtype=dtype)
     return Experiment(cfg, device, dtype, source, algo)

@@ -53,6 +53,15 @@ class TaskBatch:
         )
 
 
+@dataclass(frozen=True)
+class TaskShape:
+    """What an algorithm is told of its tasks, without a task source (tests, tools)."""
+
+    problem: Problem
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+
 class TaskSource(Protocol):
     """A distribution over tasks.
 
