@@ -112,11 +112,11 @@ def main() -> None:
         last_it = max(r["iteration"] for r in rows)
         results = {name: score(run, it, shots, steps, args.tasks, args.device)
                    for name, it in picks.items()}
-    set_text = " ".join("--set " + s for s in args.sets)
+    threads = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
+               if "OMP_NUM_THREADS" in os.environ else "")
     lines = [
         f"## Checkpoint selection: {Path(args.config).name} ({time.strftime('%Y-%m-%d')})", "",
-        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python "
-        f"benchmarks/selection.py --config {args.config} {set_text}"
+        f"Command: `{threads}python benchmarks/selection.py {' '.join(sys.argv[1:])}"
         f"` (validation and a kept checkpoint every {args.every} iterations; test set: "
         f"{args.tasks} tasks of the evaluation seed; loss, or for classification accuracy "
         "in %, mean ± 95% CI). Machine: "
