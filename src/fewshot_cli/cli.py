@@ -289,9 +289,28 @@ def _print_eval(results: list[dict]) -> None:
                       str(row["loss"]["diverged"])]
             table.add_row(*cells)
         out.print(table)
+        for line in _probe_lines(r.get("probe")):
+            out.print(line, highlight=False)
         if r["diverged_tasks"]:
             out.print(f"[yellow]{r['diverged_tasks']} task(s) diverged (non-finite loss) and "
                       "are left out of the means at the steps where they diverged[/]")
+
+
+def _probe_lines(probe: dict | None) -> list[str]:
+    """The function-space scores of a result (sinusoids), before -> after adaptation."""
+    if not probe:
+        return []
+    pts = probe["points"]
+    lines = []
+    if "curve_l1" in probe:
+        c = probe["curve_l1"]
+        lines.append(f"curve L1 on [{pts['low']:.3g}, {pts['high']:.3g}]: "
+                     f"{_fmt(c['before'], 1, 3)} unadapted, {_fmt(c['after'], 1, 3)} adapted")
+    if "phase_identified" in probe:
+        c = probe["phase_identified"]
+        lines.append(f"own phase's curve closer: {_fmt(c['before'], 100, 3)}% of tasks "
+                     f"unadapted, {_fmt(c['after'], 100, 3)}% adapted")
+    return lines
 
 
 class PlotFormat(str, Enum):

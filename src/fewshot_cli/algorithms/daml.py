@@ -13,8 +13,9 @@ the network's output, its hidden activations (``algorithm.hidden``) and the
 demonstration's own observation where it has one (``algorithm.observation``); the inner
 loss is the mean L1 norm (or squared L2 norm, ``loss_norm``) of its output. theta (the
 network) and psi are meta-learned together, in one state_dict and one optimiser, through
-the supervised query loss on the target domain. ``first_order`` treats the inner
-gradients as constants; psi then still learns, through the step it shapes.
+the supervised query loss on the target domain. ``first_order`` drops the second
+derivatives with respect to theta (the inner gradient is a constant in theta, as in
+first-order MAML) but keeps its dependence on psi: the mixed derivative is how psi learns.
 
 Metrics: ``learned_loss`` (the inner loss before each step), ``loss_net_output`` (the
 loss network's mean output before each step), ``learned_loss_after`` (after the last
@@ -26,7 +27,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.func import grad_and_value
 
 from ..config import DAMLConfig
@@ -82,10 +82,12 @@ class DAML(Algorithm):
         lead = out.dim() - 1  # 1, or 2 on the fused path ([B, n])
         parts = [out] + [h.flatten(lead) for h in self._hidden(hidden)]
         if self.observation_dim:
-            seen = (F.one_hot(obs, self.ways).to(out.dtype) if self.classification
+            classes = torch.arange(self.ways, device=obs.device)
+            seen = ((obs.unsqueeze(-1) == classes).to(out.dtype) if self.classification
                     else obs.flatten(lead).to(out.dtype))
             parts.append(seen)
-        value = self.loss_net(torch.cat(parts, dim=-1))  # [n, 1] or [B, n, 1]
+        z = torch.cat(parts, dim=-1)
+        value = self.loss_net(z.reshape(-1, z.shape[-1])).view(*z.shape[:-1], 1)
         norm = value.abs() if self.cfg.loss_norm == "l1" else value.pow(2)
         if not ctx.fused:
             return norm.mean(), value.mean()
@@ -99,8 +101,13 @@ class DAML(Algorithm):
             loss, raw = self.learned_loss(p, x, obs, ctx)
             return loss.sum(), (loss, raw)
 
-        grads, (_, (loss, raw)) = grad_and_value(total, has_aux=True)(params)
-        if not (ctx.training and not self.cfg.first_order):
+        # First order: the inner gradient is taken at detached parameters, so it is a
+        # constant with respect to theta but still a function of psi, the only path by
+        # which psi learns.
+        at = ({k: v.detach() for k, v in params.items()}
+              if ctx.training and self.cfg.first_order else params)
+        grads, (_, (loss, raw)) = grad_and_value(total, has_aux=True)(at)
+        if not ctx.training:
             grads = {k: g.detach() for k, g in grads.items()}
         clip = self.cfg.inner_grad_clip
         if clip is not None:
