@@ -220,6 +220,8 @@ def test_cli_cross_domain_with_naive_baseline(tmp_path: Path) -> None:
     assert {"learned_loss", "loss_net_output", "learned_loss_after"} <= set(rows[-1])
     r = runner.invoke(app, ["eval", str(daml), "--tasks", "8", "--baseline", str(naive)])
     assert r.exit_code == 0, r.output
+    side = r.output[r.output.index("same 8 tasks"):]  # one table: DAML, unadapted, naive
+    assert "daml (daml)" in side and "maml (naive)" in side and "unadapted" in side
     results = json.loads((daml / "eval.json").read_text())["results"]
     assert [x["algorithm"] for x in results] == ["daml", "maml"]
     assert len(results[0]["inner"]["learned_loss"]) == 1

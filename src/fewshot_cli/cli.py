@@ -294,6 +294,39 @@ def _print_eval(results: list[dict]) -> None:
         if r["diverged_tasks"]:
             out.print(f"[yellow]{r['diverged_tasks']} task(s) diverged (non-finite loss) and "
                       "are left out of the means at the steps where they diverged[/]")
+    for group in _protocol_groups(results):
+        if len(group) > 1:
+            out.print(_side_by_side(group, classification))
+
+
+def _protocol_groups(results: list[dict]) -> list[list[dict]]:
+    """The results of one protocol: the run, then its baselines (eval's order)."""
+    groups: list[list[dict]] = []
+    for r in results:
+        if not r.get("baseline") or not groups:
+            groups.append([])
+        groups[-1].append(r)
+    return groups
+
+
+def _side_by_side(group: list[dict], classification: bool) -> Table:
+    """The run and its baselines on the same tasks: unadapted and after the last step."""
+    s = group[0]["settings"]
+    steps = s["steps"]
+    what = "accuracy %" if classification else "loss"
+    table = Table(title=f"same {s['tasks']} tasks, K={s['shots']}: {what} (95% CI)",
+                  title_justify="left")
+    table.add_column("run")
+    table.add_column("unadapted", justify="right")
+    table.add_column(f"after {steps} step{'s' if steps != 1 else ''}", justify="right")
+    for r in group:
+        who = f"{r.get('algorithm', '?')} ({r.get('name') or Path(r['run']).name})"
+        rows = {row["step"]: row for row in r["per_step"]}
+        last = rows.get(steps, r["per_step"][-1])
+        key, scale = ("accuracy", 100.0) if classification else ("loss", 1.0)
+        table.add_row(who if len(who) <= 36 else who[:35] + "…",
+                      _fmt(rows[0][key], scale), _fmt(last[key], scale))
+    return table
 
 
 def _probe_lines(probe: dict | None) -> list[str]:

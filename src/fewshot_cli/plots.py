@@ -255,11 +255,13 @@ def plot_inner(run: RunDir, rows: list[dict[str, Any]], cfg: Config, fmt: str = 
     """The support loss before and after every inner step (``inner_loss`` before each
     step, ``inner_loss_after`` after the last), against the step, at ``curves``
     points of training; drawn for algorithms that report both."""
-    usable = [r for r in rows if isinstance(r.get("inner_loss"), list) and r["inner_loss"]
-              and _finite(r.get("inner_loss_after")) is not None
-              and all(_finite(v) is not None for v in r["inner_loss"])]
+    key = "inner_loss" if any("inner_loss" in r for r in rows) else "learned_loss"
+    usable = [r for r in rows if isinstance(r.get(key), list) and r[key]
+              and _finite(r.get(f"{key}_after")) is not None
+              and all(_finite(v) is not None for v in r[key])]
     if not usable:
         return None
+    what = ("support loss" if key == "inner_loss" else "learned adaptation loss")
     picks = sorted({round(i * (len(usable) - 1) / max(curves - 1, 1))
                     for i in range(min(curves, len(usable)))})
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
@@ -267,7 +269,7 @@ def plot_inner(run: RunDir, rows: list[dict[str, Any]], cfg: Config, fmt: str = 
     values = []
     for j, i in enumerate(picks):
         r = usable[i]
-        ys = [*r["inner_loss"], r["inner_loss_after"]]
+        ys = [*r[key], r[f"{key}_after"]]
         values += ys
         ax.plot(range(len(ys)), ys, "o-", ms=3, color=cmap(j / max(len(picks) - 1, 1)),
                 label=f"iteration {r['iteration']}")
@@ -275,8 +277,9 @@ def plot_inner(run: RunDir, rows: list[dict[str, Any]], cfg: Config, fmt: str = 
         ax.set_yscale("log")
     ax.set_xlabel("inner steps taken")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"support loss ({loss_name(cfg.algorithm.loss)})")
-    ax.set_title("Support loss before and after each inner step")
+    ax.set_ylabel(f"support loss ({loss_name(cfg.algorithm.loss)})" if key == "inner_loss"
+                  else "learned adaptation loss (loss network)")
+    ax.set_title(f"{what.capitalize()} before and after each inner step")
     ax.text(0.0, -0.16, "before each step: training-window means; after the last: the "
             "logged iteration's meta-batch", transform=ax.transAxes, fontsize=7, color="0.35")
     ax.grid(alpha=0.3)
@@ -322,13 +325,40 @@ def _setting(key: str, form: str, settings: dict[str, Any], classification: bool
     return form.format(settings.get(key))
 
 
+def _plot_learned_loss(ax: plt.Axes, results: list[dict[str, Any]]) -> None:
+    """DAML's learned inner loss before each inner step at test time (eval.json's
+    ``inner.learned_loss``), mean and 95% CI over the test tasks, per protocol."""
+    for i, r in enumerate(results):
+        rows = [p for p in r["inner"]["learned_loss"] if p.get("mean") is not None]
+        steps = list(range(len(rows)))
+        mean = [p["mean"] for p in rows]
+        ci = [p["ci95"] for p in rows]
+        colour = f"C{i % 10}"
+        st = r["settings"]
+        ax.plot(steps, mean, "-", marker="s", ms=3, color=colour,
+                label=f"{r.get('name', '?')}: K={st['shots']}, {st['tasks']} tasks, "
+                      f"{st['steps']} steps")
+        ax.fill_between(steps, [a - b for a, b in zip(mean, ci)],
+                        [a + b for a, b in zip(mean, ci)], color=colour, alpha=0.15, lw=0)
+    ax.set_xlabel("inner step (loss before it)")
+    ax.set_ylabel("learned adaptation loss (loss network)")
+    ax.set_title("What the inner loop minimises", fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+
+
 def plot_adaptation(run: RunDir, results: list[dict[str, Any]], cfg: Config,
                     fmt: str = "png") -> Path:
     """Every protocol of the run (solid) and of its baselines (dashed) in eval.json:
     query loss (and accuracy) against inner steps at test time, with 95% CI bands."""
     metrics = ["loss"] + (["accuracy"] if "accuracy" in results[0]["per_step"][0] else [])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics) + 1.2, 5.2),
+    learned = [r for r in results if (r.get("inner") or {}).get("learned_loss")]
+    panels = len(metrics) + bool(learned)
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels + 1.2, 5.2),
                              squeeze=False, layout="constrained")
+    if learned:
+        _plot_learned_loss(axes[0, -1], learned)
     settings = [r["settings"] for r in results]
     varying = [(k, f) for k, f in _VARYING if len({repr(s.get(k)) for s in settings}) > 1]
     checkpoints = {(r.get("checkpoint"), r.get("checkpoint_iteration")) for r in results}
@@ -356,7 +386,8 @@ def plot_adaptation(run: RunDir, results: list[dict[str, Any]], cfg: Config,
             who = (f"{r.get('algorithm', '?')} ({r.get('name', '?')})" if baseline
                    else r.get("algorithm") or cfg.algorithm.kind)
             label = ", ".join([who, f"K={s['shots']}"] + [
-                _setting(k, f, s, len(metrics) > 1) for k, f in varying])
+                _setting(k, f, s, len(metrics) > 1) for k, f in varying
+                if k != "inner_lr" or r.get("algorithm") != "meta_lstm"])  # lr: learned
             if len(checkpoints) > 1:
                 label += f", {r.get('checkpoint')}.pt"
             style = dashes[names.index(r.get("name") or "?") % 3] if baseline else "-"
@@ -411,7 +442,8 @@ def plot_adaptation(run: RunDir, results: list[dict[str, Any]], cfg: Config,
     fig.legend(handles, labels, loc="outside lower center", fontsize=8, frameon=False,
                ncol=min(3, len(handles)))
     common = [_setting(k, f, settings[0], len(metrics) > 1) for k, f in _VARYING
-              if (k, f) not in varying and k != "query_batch"]
+              if (k, f) not in varying and k != "query_batch"
+              and not (k == "inner_lr" and results[0].get("algorithm") == "meta_lstm")]
     if len(checkpoints) == 1:
         (name, it), = checkpoints
         common.append(f"{name}.pt" + (f" (iteration {it})" if it is not None else ""))
@@ -463,6 +495,8 @@ def fit_tasks(source: Any, n: int, seed: int, shots: int | None = None,
     picks = picks[:n]
     out = _take(batches, picks)
     missing = [c for c in range(len(choices)) if c not in first]
+    if getattr(source, "demonstration", False):
+        missing = []  # a demonstration depends on the phase: draw, never construct
     for k, c in enumerate(missing):  # construct: the same points, the missing phase
         j = n - 1 - k
         phase = torch.tensor([choices[c]], dtype=out.info["phase"].dtype)
@@ -487,6 +521,23 @@ def _phase_text(phase: float) -> str:
     return f"{phase:.2f}"
 
 
+def _draw_support(ax: plt.Axes, batch: TaskBatch, i: int, demonstration: bool) -> None:
+    """Task ``i``'s support points; a demonstration in its own domain (its observations),
+    or, when it shows inputs alone, its x positions marked on the axis."""
+    x, y = batch.support_x[i, :, 0], batch.support_y[i]
+    n = len(x)
+    if not demonstration:
+        ax.plot(x, y[:, 0], "^", color="C3", ms=7, mec="k", mew=0.5,
+                label=f"{n} support points", zorder=5)
+    elif y.shape[-1] == 0:
+        ax.plot(x, [0.03] * n, "|", color="C3", ms=16, mew=2.5, zorder=5,
+                transform=ax.get_xaxis_transform(),
+                label=f"demonstration: {n} inputs, no observation")
+    else:
+        ax.plot(x, y[:, 0], "D", color="C4", ms=5, mec="k", mew=0.5, zorder=5,
+                label=f"demonstration: {n} points in its own domain")
+
+
 def plot_fit(run: RunDir, exp: Experiment, checkpoint: str, fmt: str = "png",
              shots: int | None = None, steps: int | None = None, tasks: int = 4,
              seed: int = PLOT_SEED, baseline: tuple[RunDir, Experiment] | None = None) -> Path:
@@ -503,6 +554,7 @@ def plot_fit(run: RunDir, exp: Experiment, checkpoint: str, fmt: str = "png",
     fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols + 2.6, 3.1 * rows + 0.7),
                              squeeze=False, sharex=True, layout="constrained")
     kind = cfg.algorithm.kind
+    demonstration = bool(getattr(source, "demonstration", False))
     shown = [s for s in dict.fromkeys((1, n_steps)) if 0 < s <= n_steps]
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -526,8 +578,7 @@ def plot_fit(run: RunDir, exp: Experiment, checkpoint: str, fmt: str = "png",
             ax.plot(grid, b_exp.algo.predict(fast, grid.to(b_exp.dtype)), "-.", color="C2",
                     lw=1.6, label=f"{b_exp.cfg.algorithm.kind} ({b_run.path.name}): after "
                                   f"{n_steps} step{'s' if n_steps != 1 else ''}")
-        ax.plot(batch.support_x[i, :, 0], batch.support_y[i, :, 0], "^", color="C3", ms=7,
-                mec="k", mew=0.5, label=f"{batch.support_x.shape[1]} support points", zorder=5)
+        _draw_support(ax, batch, i, demonstration)
         ax.set_title(f"A = {amp.item():.2f}, phase = {_phase_text(phase.item())}", fontsize=10)
         ax.grid(alpha=0.3)
         if i + cols >= n:  # no panel below: this one carries the x axis
@@ -536,9 +587,11 @@ def plot_fit(run: RunDir, exp: Experiment, checkpoint: str, fmt: str = "png",
         if i % cols == 0:
             ax.set_ylabel("y")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
-    fig.suptitle(f"Adaptation to new sinusoids: K = {batch.support_x.shape[1]} support points, "
-                 f"inner lr {algo.inner_lr:g}, {checkpoint}.pt")
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, frameon=False,
+               ncol=min(3, len(handles)))
+    what = "demonstration" if demonstration else "support"
+    fig.suptitle(f"Adaptation to new sinusoids: K = {batch.support_x.shape[1]} {what} "
+                 f"points, inner lr {algo.inner_lr:g}, {checkpoint}.pt")
     _footer(fig, run)
     return _save(fig, run.plots_dir / f"fit.{fmt}")
 
@@ -641,4 +694,8 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
                    else plot_episode(run, exp, fmt, shots, steps, seed))
     if results:
         written.append(plot_adaptation(run, results, cfg, fmt))
+    if results and cfg.algorithm.kind == "meta_lstm":
+        from .plot_gates import plot_gates  # here: plot_gates imports this module
+
+        written.append(plot_gates(run, results, cfg, fmt))
     return [p for p in written if p is not None]
