@@ -261,6 +261,35 @@ class DAMLConfig(AlgorithmSection):
     inner_grad_clip: PosFloat | None = None
 
 
+class MetaLSTMConfig(AlgorithmSection):
+    """The LSTM meta-learner (Ravi & Larochelle 2017): a learned coordinate-wise update rule
+    whose cell state is the learner's parameters; ``inner_lr`` is not used.
+
+    ``inner_steps`` (T): updates per task; ``inner_batch``: support examples per update,
+    taken in turn (null: the whole support set); ``hidden``: the first LSTM's hidden size;
+    ``preprocess_p``: p of the gradient and loss preprocessing; ``forget_bias_init``,
+    ``input_bias_init``: the ranges the gate biases start in; ``grad_clip``: the
+    meta-gradient norm clip (null: none); ``sgd_reference_lrs``: the fixed learning rates
+    of the plain-SGD reference ``fewshot eval`` adds, the best on ``sgd_reference_tasks``
+    validation tasks (empty: no reference).
+    """
+
+    kind: Literal["meta_lstm"] = "meta_lstm"
+    inner_batch: PosInt | None = None
+    hidden: PosInt = 20
+    preprocess_p: PosFloat = 10.0
+    forget_bias_init: Range = (4.0, 6.0)
+    input_bias_init: Range = (-5.0, -4.0)
+    grad_clip: PosFloat | None = 0.25
+    sgd_reference_lrs: list[PosFloat] = [0.003, 0.01, 0.03, 0.1, 0.3]
+    sgd_reference_tasks: PosInt = 100
+
+    @field_validator("forget_bias_init", "input_bias_init")
+    @classmethod
+    def _ordered(cls, v: Range, info: Any) -> Range:
+        return _check_range(v, info.field_name)
+
+
 ALGORITHM_SECTIONS: dict[str, type[AlgorithmSection]] = {
     c.model_fields["kind"].default: c for c in AlgorithmSection.__subclasses__()
 }

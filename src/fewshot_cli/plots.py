@@ -596,6 +596,10 @@ def plot_fit(run: RunDir, exp: Experiment, checkpoint: str, fmt: str = "png",
     return _save(fig, run.plots_dir / f"fit.{fmt}")
 
 
+#: Query rows per class drawn in episode.png (mini-ImageNet's 15 queries would fill a page).
+MAX_QUERY_ROWS = 5
+
+
 def plot_episode(run: RunDir, exp: Experiment, fmt: str = "png", shots: int | None = None,
                  steps: int | None = None, seed: int = PLOT_SEED) -> Path:
     """One test task: its support images and its queries marked right (green) or wrong (red)."""
@@ -610,10 +614,20 @@ def plot_episode(run: RunDir, exp: Experiment, fmt: str = "png", shots: int | No
     sx, sy = batch.support_x[0], batch.support_y[0]
     qx, qy = batch.query_x[0], batch.query_y[0]
     rows_s = math.ceil(len(sx) / ways)
-    rows_q = math.ceil(len(qx) / ways)
-    rows = rows_s + rows_q
-    fig, axes = plt.subplots(rows, ways, figsize=(1.4 * ways, 1.5 * rows + 0.8), squeeze=False,
-                             layout="constrained")
+    per_class = math.ceil(len(qx) / ways)
+    rows_q = min(per_class, MAX_QUERY_ROWS)  # accuracy counts them all; the first few shown
+    # At most 10 classes side by side: more (20-way) wrap into blocks of 10 columns, each
+    # block its classes' support rows above their query rows.
+    cols = min(ways, 10)
+    blocks = math.ceil(ways / cols)
+    block = rows_s + rows_q
+    rows = blocks * block
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols + 0.4, 1.5 * rows + 0.8),
+                             squeeze=False, layout="constrained")
+
+    def cell(c: int, row: int) -> plt.Axes:
+        return axes[(c // cols) * block + row][c % cols]
+
     for ax in axes.flat:
         ax.axis("off")
 
@@ -627,7 +641,7 @@ def plot_episode(run: RunDir, exp: Experiment, fmt: str = "png", shots: int | No
     names = exp.source.class_names("test") if hasattr(exp.source, "class_names") else None
     for i in range(len(sx)):
         label = int(sy[i])
-        ax = axes[i // ways][label]
+        ax = cell(label, i // ways)
         show(ax, sx[i])
         title = f"class {label}"
         if names is not None and i < ways:
@@ -637,7 +651,9 @@ def plot_episode(run: RunDir, exp: Experiment, fmt: str = "png", shots: int | No
     counters = [0] * ways
     for i in range(len(qx)):
         c = int(qy[i])
-        ax = axes[rows_s + counters[c]][c]
+        if counters[c] >= rows_q:
+            continue
+        ax = cell(c, rows_s + counters[c])
         counters[c] += 1
         show(ax, qx[i])
         ok = bool(pred[i] == qy[i])
@@ -649,9 +665,10 @@ def plot_episode(run: RunDir, exp: Experiment, fmt: str = "png", shots: int | No
             spine.set_linewidth(3)
         ax.set_title(f"pred {int(pred[i])}", fontsize=8, color="green" if ok else "red")
     acc = (pred == qy).float().mean().item()
-    fig.suptitle(f"{ways}-way {len(sx) // ways}-shot test episode: support (top), queries "
-                 f"after {_count(steps, 'inner step')}\n{100 * acc:.0f}% of queries right",
-                 fontsize=9)
+    shown = "" if rows_q == per_class else f" (the first {rows_q} per class shown)"
+    fig.suptitle(f"{ways}-way {len(sx) // ways}-shot test episode: support images (unframed) "
+                 f"and queries (framed) after {_count(steps, 'inner step')}\n"
+                 f"{100 * acc:.0f}% of all {len(qx)} queries right{shown}", fontsize=9)
     _footer(fig, run)
     return _save(fig, run.plots_dir / f"episode.{fmt}")
 

@@ -30,6 +30,7 @@ from .base import (
 ALGORITHMS: dict[str, str] = {
     "maml": "maml:MAML",
     "daml": "daml:DAML",
+    "meta_lstm": "meta_lstm:MetaLSTM",
     "pretrain": "pretrain:Pretrain",
 }
 

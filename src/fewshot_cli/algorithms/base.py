@@ -366,3 +366,11 @@ class Algorithm(nn.Module):
         """Network output for one task's inputs (plots)."""
         with torch.no_grad():
             return self.forward(params, x, Context(training=False))
+
+    def references(self, source: TaskSource, steps: int, path: Path, chunk: int
+                   ) -> list[tuple[Algorithm, dict[str, Any]]]:
+        """Other adaptation rules ``fewshot eval`` scores on the same test tasks as this
+        one (e.g. plain SGD from a learned init), each with the fields of its eval.json
+        entry that differ from the run's (``name``, ``algorithm``, ...); ``steps`` is the
+        number of inner steps evaluated, ``chunk`` the tasks per batch. None by default."""
+        return []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -128,6 +128,7 @@ class _Model:
     path: str
     baseline: bool
     seconds: float = 0.0
+    fields: dict[str, Any] = field(default_factory=dict)  # eval.json fields of a reference
 
 
 def check_baseline(cfg: Config, baseline: RunDir, base_cfg: Config, what: str = "--baseline"
@@ -171,6 +172,10 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
     for b, base_cfg in configs:
         bexp, bstate = load_experiment(b, which, str(exp.device), lr)
         models.append(_Model(b, base_cfg, bexp, bstate, recorded_path(b, bexp), True))
+    first = protocols[0].steps or cfg.algorithm.eval_inner_steps
+    for ref, fields in exp.algo.references(exp.source, first, models[0].path, protocols[0].chunk):
+        models.append(_Model(run, cfg, replace(exp, algo=ref), state, models[0].path, True,
+                             fields=fields))  # e.g. plain SGD from a meta-learned init
     results: list[dict[str, Any]] = []
     for settings in protocols:
         steps = settings.steps if settings.steps is not None else cfg.algorithm.eval_inner_steps
@@ -195,6 +200,7 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
             result = _result(m, cfg, settings, torch.cat([p.curve for p in out]), steps,
                              shots, queries, classification, table_steps)
             result["inner"] = _inner_summary([p.inner for p in out])
+            result.update(m.fields)
             if out[0].probe is not None:
                 result["probe"] = _probe_summary(exp.source, [p.probe for p in out])
             results.append(result)

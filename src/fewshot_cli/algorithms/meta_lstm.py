@@ -1,0 +1,358 @@
+"""The LSTM meta-learner: a learned, coordinate-wise update rule.
+
+Ravi & Larochelle (2017), "Optimization as a Model for Few-Shot Learning", ICLR.
+The cell-state update of an LSTM, ``c_t = f_t * c_{t-1} + i_t * c~_t``, is gradient
+descent when the cell state ``c_t`` holds the learner's parameters, ``c~_t = -grad_t``,
+``f_t = 1`` and ``i_t = alpha``. The meta-learner learns both gates (paper, eq. 2-3):
+
+    i_t = sigmoid(W_I . [h_t, theta_{t-1}, i_{t-1}] + b_I)    a per-coordinate learning rate
+    f_t = sigmoid(W_F . [h_t, theta_{t-1}, f_{t-1}] + b_F)    a per-coordinate shrinkage
+    theta_t = f_t * theta_{t-1} - i_t * grad_t
+
+It is applied to every coordinate of the learner independently, with one set of weights
+shared by all of them (paper, sec. 3.3), in two layers: a standard LSTM (hidden size
+``hidden``, 20 in the paper) reads the preprocessed loss and gradient of the coordinate
+and gives ``h_t``; the cell above computes the gates. The loss and gradient are
+preprocessed as in Andrychowicz et al. (2016), "Learning to learn by gradient descent by
+gradient descent", appendix A (:func:`preprocess`).
+
+- ``c_0`` is the learner's initial parameters (``self.model``'s), meta-learned with the
+  meta-learner; the engine's ``params()`` hands them to :meth:`Algorithm.adapt`.
+- The learner's gradient and loss are inputs computed at detached parameters: no second
+  derivatives (paper, sec. 3.2, "we ignore [these] gradients"). The meta-gradient flows
+  through the cell recursion and the gates only.
+- ``inner_steps`` (T) updates, update ``t`` on the ``t``-th batch of ``inner_batch``
+  support examples taken in turn (null: the whole support set), so T updates are
+  ``T * inner_batch / support size`` epochs. The reference code's 1-shot setting, 12
+  epochs of batch 5 on 5 examples, is ``inner_steps: 12, inner_batch: 5``; its 5-shot
+  one, 8 epochs of batch 25 on 25 examples, is ``inner_steps: 8, inner_batch: 25``.
+- Gate biases start in ``forget_bias_init`` and ``input_bias_init`` (large forget, small
+  input: close to plain gradient descent with a small step), every other meta-learner
+  weight in U(-0.01, 0.01), as the reference code does.
+- Meta-gradients are clipped to norm ``grad_clip`` (0.25 in the reference configs).
+- Batch norm in the learner normalises with the current batch's statistics and holds no
+  running statistics (``models.conv4``), so nothing is carried from one episode to the next.
+
+Two choices where the reference code (github.com/twitter-research/meta-learning-lstm)
+differs from the paper's equations: the gates read the previous gate *values*
+``i_{t-1}, f_{t-1}`` as the paper writes (the code feeds their pre-sigmoid values), and
+the gradient is that of the mean support loss (the code divides it once more by the batch
+size).
+
+Metrics, per inner step: ``inner_loss`` (support loss before the update), ``input_gate``
+and ``forget_gate`` (means over all coordinates); in evaluation also, per layer ``L`` of
+the learner, ``input_gate/L``, ``forget_gate/L`` (means over its coordinates) and
+``input_gate_sd/L``, ``forget_gate_sd/L`` (their spread, the standard deviation over the
+coordinates). After adaptation: ``inner_loss_after`` (logged iterations), ``accuracy``
+(classification) and ``meta_grad_norm`` (before clipping).
+
+``fewshot eval`` also scores plain SGD from the same learned initial parameters, at the
+best of ``sgd_reference_lrs`` on validation tasks (:meth:`MetaLSTM.references`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import grad_and_value
+
+from ..config import MetaLSTMConfig
+from ..tasks.base import TaskBatch, TaskShape, TaskSource
+from .base import (
+    Algorithm,
+    Context,
+    Evaluation,
+    Metrics,
+    Params,
+    Path,
+    Progress,
+    Query,
+    Support,
+    accuracy,
+)
+
+#: Every meta-learner weight but the gate biases starts in U(-INIT_SCALE, INIT_SCALE)
+#: (reference code, model/lstm/meta-learner-lstm.lua).
+INIT_SCALE = 0.01
+#: Seed of the validation tasks the SGD reference's learning rate is chosen on.
+REFERENCE_SEED = 20170302
+
+
+def preprocess(x: torch.Tensor, p: float = 10.0, dim: int = -1) -> torch.Tensor:
+    """Andrychowicz et al. (2016), appendix A: ``x -> (log|x| / p, sign x)`` where
+    ``|x| >= e^-p``, else ``(-1, e^p x)``; the pair is stacked along a new dimension
+    ``dim`` (``[..., 2]`` by default). Both branches give ``(-1, sign x)`` at the
+    boundary."""
+    small = math.exp(-p)
+    big = x.abs() >= small
+    log = torch.log(x.abs().clamp_min(small)) / p
+    first = torch.where(big, log, torch.full_like(x, -1.0))
+    second = torch.where(big, torch.sign(x), x * math.exp(p))
+    return torch.stack([first, second], dim=dim)
+
+
+def support_batch(support: Support, step: int, size: int | None, fused: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support examples of update ``step``: the ``step``-th batch of ``size`` examples,
+    the batches taken in turn (the last of an epoch may be smaller); all when ``size`` is
+    None or covers the set."""
+    dim = 1 if fused else 0
+    n = support.x.shape[dim]
+    if size is None or size >= n:
+        return support.x, support.y
+    start = (step % math.ceil(n / size)) * size
+    stop = min(start + size, n)
+    return support.x.narrow(dim, start, stop - start), support.y.narrow(dim, start, stop - start)
+
+
+class CoordinateLSTM(nn.Module):
+    """A standard LSTM cell (gates in ``torch.nn.LSTMCell``'s order i, f, g, o; one
+    bias), applied to every coordinate ``[..., n, inputs]`` with the same weights.
+
+    Speed: one sigmoid over all four gate blocks (a sigmoid on a contiguous tensor is an
+    order of magnitude faster than on a strided slice), the cell input by the identity
+    ``tanh(x) = 2 sigmoid(2x) - 1``."""
+
+    def __init__(self, inputs: int, hidden: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(4 * hidden, inputs + hidden))
+        self.bias = nn.Parameter(torch.empty(4 * hidden))
+        nn.init.uniform_(self.weight, -INIT_SCALE, INIT_SCALE)
+        nn.init.uniform_(self.bias, -INIT_SCALE, INIT_SCALE)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = h.shape[-1]
+        scale = torch.ones_like(self.bias)
+        scale[2 * hidden:3 * hidden] = 2.0
+        z = torch.cat([x, h], dim=-1) @ (self.weight * scale.unsqueeze(-1)).T + self.bias * scale
+        i, f, g, o = torch.sigmoid(z).chunk(4, dim=-1)
+        c = f * c + i * (2 * g - 1)
+        return o * torch.tanh(c), c
+
+
+class MetaLearnerCell(nn.Module):
+    """The gates of the paper's meta-learner cell, from ``[h_t, theta_{t-1}, gate_{t-1}]``
+    of every coordinate (``h [..., n, hidden]``, the others ``[..., n]``): weights
+    ``[hidden + 2]`` and a scalar bias per gate."""
+
+    def __init__(self, hidden: int, forget_bias: tuple[float, float],
+                 input_bias: tuple[float, float]) -> None:
+        super().__init__()
+        self.weight_forget = nn.Parameter(torch.empty(hidden + 2))
+        self.weight_input = nn.Parameter(torch.empty(hidden + 2))
+        self.bias_forget = nn.Parameter(torch.empty(()))
+        self.bias_input = nn.Parameter(torch.empty(()))
+        nn.init.uniform_(self.weight_forget, -INIT_SCALE, INIT_SCALE)
+        nn.init.uniform_(self.weight_input, -INIT_SCALE, INIT_SCALE)
+        nn.init.uniform_(self.bias_forget, *forget_bias)
+        nn.init.uniform_(self.bias_input, *input_bias)
+
+    @staticmethod
+    def _gate(w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, theta: torch.Tensor,
+              prev: torch.Tensor) -> torch.Tensor:
+        hidden = w.shape[0] - 2
+        return torch.sigmoid(h @ w[:hidden] + theta * w[hidden] + prev * w[hidden + 1] + b)
+
+    def forward(self, h: torch.Tensor, theta: torch.Tensor, f_prev: torch.Tensor,
+                i_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forget and input gates ``[..., n]``."""
+        return (self._gate(self.weight_forget, self.bias_forget, h, theta, f_prev),
+                self._gate(self.weight_input, self.bias_input, h, theta, i_prev))
+
+
+class MetaLSTM(Algorithm):
+    """The LSTM meta-learner of Ravi & Larochelle (2017); see the module docstring."""
+
+    kind = "meta_lstm"
+    paths = ("vmap", "loop", "fused")
+    cfg: MetaLSTMConfig
+
+    def __init__(self, model: nn.Module, cfg: MetaLSTMConfig, task: TaskSource) -> None:
+        super().__init__(model, cfg, task)
+        self.task_shape = TaskShape(task.problem, tuple(task.input_shape), task.output_dim)
+        self.lstm = CoordinateLSTM(4, cfg.hidden)
+        self.cell = MetaLearnerCell(cfg.hidden, cfg.forget_bias_init, cfg.input_bias_init)
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        # the learner's layers (modules owning parameters) -> their slices of the flat vector
+        self.layers: dict[str, list[tuple[int, int]]] = {}
+        start = 0
+        for name, size in zip(self.names, self.sizes):
+            self.layers.setdefault(name.rpartition(".")[0] or name, []).append(
+                (start, start + size))
+            start += size
+
+    # -- the learner's parameters as one vector of coordinates -----------------------------
+    def flat(self, params: Params, ctx: Context) -> torch.Tensor:
+        """``[n]`` (``[B, n]`` fused): the coordinates the meta-learner updates."""
+        lead = 1 if ctx.fused else 0
+        return torch.cat([params[k].reshape(*params[k].shape[:lead], -1) for k in self.names],
+                         dim=-1)
+
+    def unflat(self, theta: torch.Tensor) -> Params:
+        lead = theta.shape[:-1]
+        return {k: t.reshape(*lead, *shape) for k, shape, t in
+                zip(self.names, self.shapes, theta.split(self.sizes, dim=-1))}
+
+    def meta_learner_parameters(self) -> int:
+        """How many weights the meta-learner has besides the learner's initial parameters."""
+        return sum(p.numel() for m in (self.lstm, self.cell) for p in m.parameters())
+
+    # -- one task's adaptation ----------------------------------------------------------------
+    def init_state(self, params: Params, support: Support, ctx: Context) -> Any:
+        """Zero LSTM hidden and cell states ``[..., n, hidden]`` and previous gates."""
+        theta = self.flat(params, ctx).detach()
+        state = theta.new_zeros(*theta.shape, self.cfg.hidden)
+        gate = theta.new_zeros(theta.shape)
+        return state, state, gate, gate
+
+    def learner_gradient(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+                         ctx: Context) -> tuple[Params, torch.Tensor]:
+        """The support gradient and loss at ``params``, as constants (no second order)."""
+        fixed = {k: v.detach() for k, v in params.items()}
+
+        def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = self.task_loss(p, x, y, ctx)
+            return loss.sum(), loss
+
+        grads, (_, loss) = grad_and_value(total, has_aux=True)(fixed)
+        return {k: g.detach() for k, g in grads.items()}, loss.detach()
+
+    def inner_step(self, params: Params, state: Any, support: Support, step: int,
+                   ctx: Context) -> tuple[Params, Any, Metrics]:
+        h, c, f_prev, i_prev = state
+        x, y = support_batch(support, step, self.cfg.inner_batch, ctx.fused)
+        grads, loss = self.learner_gradient(params, x, y, ctx)
+        g = self.flat(grads, ctx)
+        theta = self.flat(params, ctx)
+        p = self.cfg.preprocess_p
+        loss_in = preprocess(loss, p).unsqueeze(-2).expand(*g.shape, 2)
+        h, c = self.lstm(torch.cat([loss_in, preprocess(g, p)], dim=-1), h, c)
+        f, i = self.cell(h, theta, f_prev, i_prev)
+        new = self.unflat(f * theta - i * g)
+        metrics = {"inner_loss": loss, "input_gate": i.detach().mean(-1),
+                   "forget_gate": f.detach().mean(-1)}
+        if not ctx.training:
+            metrics.update(self.gate_statistics(i.detach(), f.detach()))
+        return new, (h, c, f, i), metrics
+
+    def gate_statistics(self, i: torch.Tensor, f: torch.Tensor) -> Metrics:
+        """Per learner layer: the mean and the standard deviation of each gate over the
+        layer's coordinates."""
+        out: Metrics = {}
+        for layer, spans in self.layers.items():
+            for name, gate in (("input_gate", i), ("forget_gate", f)):
+                values = torch.cat([gate[..., a:b] for a, b in spans], dim=-1)
+                out[f"{name}/{layer}"] = values.mean(-1)
+                out[f"{name}_sd/{layer}"] = values.std(-1, correction=0)
+        return out
+
+    # -- the outer objective and the meta-update ----------------------------------------------
+    def task_objective(self, params: Params, support: Support, query: Query,
+                       ctx: Context) -> tuple[torch.Tensor, Metrics]:
+        adapted = self.adapt(params, support, self.inner_steps, ctx)
+        out = self.forward(adapted.params, query.x, ctx)
+        loss = self.per_task(self.loss_fn, out, query.y, ctx)
+        metrics = dict(adapted.metrics)
+        if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
+            after = {k: v.detach() for k, v in adapted.params.items()}
+            metrics["inner_loss_after"] = self.task_loss(after, support.x, support.y,
+                                                         ctx).detach()
+        if self.classification:
+            metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
+        return loss, metrics
+
+    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
+                  optimizer: torch.optim.Optimizer) -> Metrics:
+        """The loss gradient, clipped to norm ``grad_clip`` over all meta-parameters (the
+        learner's initial parameters included), as the reference code does."""
+        loss, metrics = self.meta_loss(batch, path, progress)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip
+        norm = nn.utils.clip_grad_norm_(self.parameters(), math.inf if clip is None else clip)
+        optimizer.step()
+        return {"loss": loss.detach(), **metrics, "meta_grad_norm": norm.detach()}
+
+    # -- evaluation: no graph through the meta-learner ----------------------------------------
+    def evaluate_tasks(self, batch: TaskBatch, steps: int, path: Path, query_chunks: int = 1,
+                       probe: torch.Tensor | None = None) -> Evaluation:
+        with torch.no_grad():  # the learner's gradients are taken all the same (torch.func)
+            return super().evaluate_tasks(batch, steps, path, query_chunks, probe)
+
+    def adapt_one(self, batch: TaskBatch, index: int, steps: int) -> Params:
+        with torch.no_grad():
+            return super().adapt_one(batch, index, steps)
+
+    def references(self, source: TaskSource, steps: int, path: Path, chunk: int
+                   ) -> list[tuple[Algorithm, dict[str, Any]]]:
+        """Plain SGD from the meta-learned initial parameters, on the same support batches,
+        at the best of ``sgd_reference_lrs``: the lowest mean query loss (classification:
+        the highest mean accuracy) after ``steps`` updates on ``sgd_reference_tasks``
+        validation tasks (training tasks where the source has no validation split); a
+        learning rate under which any task diverges is never chosen."""
+        lrs = list(self.cfg.sgd_reference_lrs)
+        if not lrs:
+            return []
+        split = "val" if "val" in getattr(source, "splits", ("val",)) else "train"
+        weight = next(self.model.parameters())
+        gen = torch.Generator().manual_seed(REFERENCE_SEED)
+        batches, left = [], self.cfg.sgd_reference_tasks
+        while left > 0:
+            n = min(left, chunk)
+            batches.append(source.sample(n, gen, split).to(weight.device, weight.dtype))
+            left -= n
+        path = path if path in self.available_paths else self.available_paths[0]
+        scores: dict[float, float] = {}
+        for lr in lrs:
+            ref = SGDReference(self, lr)
+            final = torch.cat([ref.adaptation_curve(b, steps, path)[:, -1].cpu()
+                               for b in batches]).double()
+            if not bool(torch.isfinite(final[:, 0]).all()):
+                scores[lr] = math.nan
+            else:
+                scores[lr] = final[:, 1 if self.classification else 0].mean().item()
+        usable = {lr: s for lr, s in scores.items() if math.isfinite(s)}
+        if not usable:
+            return []
+        best = (max if self.classification else min)(usable, key=usable.__getitem__)
+        statistic = "accuracy" if self.classification else "loss"
+        return [(SGDReference(self, best), {
+            "name": f"SGD from the learned init, lr {best:g}",
+            "algorithm": "sgd",
+            "reference": {
+                "rule": "plain SGD from the meta-learned initial parameters, on the same "
+                        "support batches as the meta-LSTM",
+                "lr": best, "selected_by": f"mean query {statistic} after {steps} steps",
+                "selected_on": f"{self.cfg.sgd_reference_tasks} {split} tasks "
+                               f"(seed {REFERENCE_SEED})",
+                "tried": [{"lr": lr, statistic: None if math.isnan(s) else s}
+                          for lr, s in scores.items()],
+            },
+        })]
+
+
+class SGDReference(Algorithm):
+    """Plain SGD at a fixed learning rate from a meta-LSTM's learned initial parameters
+    (the same network, shared), each step on the support batch the meta-LSTM would use.
+    For evaluation only; not a registered algorithm."""
+
+    kind = "sgd_reference"
+    paths = ("vmap", "loop", "fused")
+
+    def __init__(self, learner: MetaLSTM, lr: float) -> None:
+        super().__init__(learner.model, learner.cfg, learner.task_shape)
+        self.inner_lr = lr
+        self.inner_batch = learner.cfg.inner_batch
+
+    def inner_step(self, params: Params, state: None, support: Support, step: int,
+                   ctx: Context) -> tuple[Params, None, Metrics]:
+        x, y = support_batch(support, step, self.inner_batch, ctx.fused)
+        new, loss = self.sgd_step(params, x, y, self.inner_lr, False, ctx)
+        return new, None, {"inner_loss": loss}
