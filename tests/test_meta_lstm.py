@@ -396,6 +396,25 @@ def test_sine_train_eval_plot_end_to_end(tmp_path: Path) -> None:
     check_eval_and_plots(run, 3)
 
 
+def test_inner_lr_means_nothing_for_the_meta_lstm(tmp_path: Path) -> None:
+    """``--inner-lr`` is refused; a MAML baseline adapts with its own step size."""
+    short = sets(train__iterations=2, train__log_every=1, train__val_every=2, train__val_tasks=2,
+                 algorithm__meta_batch=2, algorithm__inner_steps=2,
+                 algorithm__eval_inner_steps=2, train__vectorize="vmap", device="cpu")
+    lstm, maml = tmp_path / "lstm", tmp_path / "maml"
+    invoke("train", str(CONFIGS / "sine-meta-lstm.yaml"), "--run-dir", str(lstm),
+           "--no-progress", *short, *sets(algorithm__sgd_reference_lrs="[]"))
+    invoke("train", str(CONFIGS / "sine-maml.yaml"), "--run-dir", str(maml), "--no-progress",
+           *short, *sets(algorithm__inner_lr=0.023))
+    r = runner.invoke(app, ["eval", str(lstm), "--tasks", "4", "--inner-lr", "0.1"])
+    assert r.exit_code != 0 and "learns its step sizes" in r.output
+    assert not (lstm / "eval.json").exists()
+    out = invoke("eval", str(lstm), "--tasks", "4", "--baseline", str(maml))
+    assert "learned step sizes" in out
+    results = json.loads((lstm / "eval.json").read_text())["results"]
+    assert [x["settings"]["inner_lr"] for x in results] == [None, 0.023]
+
+
 def test_miniimagenet_configs_run_on_fixture_data(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_miniimagenet(data, size=24)

@@ -260,7 +260,8 @@ def _print_eval(results: list[dict]) -> None:
         out.print(f"{role}: {path}", highlight=False)
         out.print(f"  {r.get('algorithm', '?')}, {r['checkpoint']}.pt from iteration "
                   f"{r['checkpoint_iteration']}", highlight=False)
-    out.print(f"test tasks: {s['tasks']} (seed {s['seed']}), inner lr {s['inner_lr']:g}, "
+    lr = "learned step sizes" if s["inner_lr"] is None else f"inner lr {s['inner_lr']:g}"
+    out.print(f"test tasks: {s['tasks']} (seed {s['seed']}), {lr}, "
               f"loss {s.get('loss', '?')}", highlight=False)
     out.print(f"protocol: {s['protocol']}", highlight=False)
     classification = "accuracy" in first["per_step"][0]

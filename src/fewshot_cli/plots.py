@@ -387,7 +387,7 @@ def plot_adaptation(run: RunDir, results: list[dict[str, Any]], cfg: Config,
                    else r.get("algorithm") or cfg.algorithm.kind)
             label = ", ".join([who, f"K={s['shots']}"] + [
                 _setting(k, f, s, len(metrics) > 1) for k, f in varying
-                if k != "inner_lr" or r.get("algorithm") != "meta_lstm"])  # lr: learned
+                if k != "inner_lr" or s.get("inner_lr") is not None])  # None: learned
             if len(checkpoints) > 1:
                 label += f", {r.get('checkpoint')}.pt"
             style = dashes[names.index(r.get("name") or "?") % 3] if baseline else "-"
@@ -443,7 +443,7 @@ def plot_adaptation(run: RunDir, results: list[dict[str, Any]], cfg: Config,
                ncol=min(3, len(handles)))
     common = [_setting(k, f, settings[0], len(metrics) > 1) for k, f in _VARYING
               if (k, f) not in varying and k != "query_batch"
-              and not (k == "inner_lr" and results[0].get("algorithm") == "meta_lstm")]
+              and not (k == "inner_lr" and settings[0].get("inner_lr") is None)]
     if len(checkpoints) == 1:
         (name, it), = checkpoints
         common.append(f"{name}.pt" + (f" (iteration {it})" if it is not None else ""))
@@ -521,6 +521,10 @@ def _phase_text(phase: float) -> str:
     return f"{phase:.2f}"
 
 
+def _step_size(algo: Any) -> str:
+    return f"inner lr {algo.inner_lr:g}" if algo.uses_inner_lr else "learned step sizes"
+
+
 def _draw_support(ax: plt.Axes, batch: TaskBatch, i: int, demonstration: bool) -> None:
     """Task ``i``'s support points; a demonstration in its own domain (its observations),
     or, when it shows inputs alone, its x positions marked on the axis."""
@@ -591,7 +595,7 @@ def plot_fit(run: RunDir, exp: Experiment, checkpoint: str, fmt: str = "png",
                ncol=min(3, len(handles)))
     what = "demonstration" if demonstration else "support"
     fig.suptitle(f"Adaptation to new sinusoids: K = {batch.support_x.shape[1]} {what} "
-                 f"points, inner lr {algo.inner_lr:g}, {checkpoint}.pt")
+                 f"points, {_step_size(algo)}, {checkpoint}.pt")
     _footer(fig, run)
     return _save(fig, run.plots_dir / f"fit.{fmt}")
 
@@ -699,7 +703,8 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
     exp, _ = load_experiment(run, checkpoint, device="cpu")
     if baseline is not None:
         base = (baseline, load_experiment(baseline, checkpoint, device="cpu",
-                                          inner_lr=cfg.algorithm.inner_lr)[0])
+                                          inner_lr=cfg.algorithm.inner_lr
+                                          if exp.algo.uses_inner_lr else None)[0])
     results = run.read_results()
     written: list[Path | None] = [plot_loss(run, rows, cfg, fmt),
                                   plot_metrics(run, rows, cfg, fmt),

@@ -384,8 +384,10 @@ def _is_evaluation(result: Any) -> bool:
     if not isinstance(result, dict) or not isinstance(result.get("settings"), dict):
         return False
     settings, rows = result["settings"], result.get("per_step")
-    if not all(_number(settings.get(k)) for k in ("tasks", "shots", "inner_lr")):
+    if not all(_number(settings.get(k)) for k in ("tasks", "shots")):
         return False
+    if settings.get("inner_lr") is not None and not _number(settings["inner_lr"]):
+        return False  # None: an algorithm that learns its step sizes
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         return False
     metrics = [m for m in ("loss", "accuracy") if m in rows[0]]

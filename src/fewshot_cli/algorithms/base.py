@@ -176,6 +176,9 @@ class Algorithm(nn.Module):
 
     kind: ClassVar[str]
     paths: ClassVar[tuple[Path, ...]] = ("vmap", "loop")
+    #: False for an algorithm that learns its step sizes (the meta-LSTM): ``inner_lr`` then
+    #: means nothing, ``eval --inner-lr`` is refused and baselines keep their own.
+    uses_inner_lr: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource) -> None:
         """``task`` describes the tasks (``problem``, ``input_shape``, ``output_dim``),

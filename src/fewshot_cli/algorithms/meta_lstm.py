@@ -169,6 +169,7 @@ class MetaLSTM(Algorithm):
 
     kind = "meta_lstm"
     paths = ("vmap", "loop", "fused")
+    uses_inner_lr = False
     cfg: MetaLSTMConfig
 
     def __init__(self, model: nn.Module, cfg: MetaLSTMConfig, task: TaskSource) -> None:

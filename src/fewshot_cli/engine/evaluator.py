@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..algorithms import PATHS
+from ..algorithms import PATHS, algorithm_class
 from ..config import Config, EvalConfig
 from ..errors import ConfigError, FewshotError
 from ..rundir import RunDir
@@ -161,6 +161,10 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
     """
     cfg = run.read_config()
     which = protocols[0].checkpoint
+    learned_lr = not algorithm_class(cfg.algorithm.kind).uses_inner_lr
+    if inner_lr is not None and learned_lr:
+        raise ConfigError(f"--inner-lr: algorithm.kind {cfg.algorithm.kind} learns its step "
+                          "sizes, so a test-time step size has no meaning for it")
     configs = [(b, b.read_config()) for b in baselines]
     for b, base_cfg in configs:  # refuse before any checkpoint is loaded
         if b.path.resolve() == run.path.resolve():
@@ -168,7 +172,8 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
         check_baseline(cfg, b, base_cfg)
     exp, state = load_experiment(run, which, device, inner_lr)
     models = [_Model(run, cfg, exp, state, recorded_path(run, exp), False)]
-    lr = inner_lr if inner_lr is not None else cfg.algorithm.inner_lr
+    # Baselines adapt with this run's step size, or their own when it learns its steps.
+    lr = inner_lr if inner_lr is not None else None if learned_lr else cfg.algorithm.inner_lr
     for b, base_cfg in configs:
         bexp, bstate = load_experiment(b, which, str(exp.device), lr)
         models.append(_Model(b, base_cfg, bexp, bstate, recorded_path(b, bexp), True))
@@ -268,7 +273,8 @@ def _result(m: _Model, cfg: Config, settings: EvalConfig, curve: torch.Tensor, s
         "settings": {
             "tasks": settings.tasks, "steps": steps, "shots": shots, "queries": queries,
             "ways": getattr(cfg.task, "ways", None), "seed": settings.seed,
-            "inner_lr": m.exp.algo.inner_lr, "split": "test", "loss": algo.loss,
+            "inner_lr": m.exp.algo.inner_lr if m.exp.algo.uses_inner_lr else None,
+            "split": "test", "loss": algo.loss,
             "query_batch": settings.query_batch if classification else "all",
             "protocol": _protocol(classification, settings.query_batch, queries, cfg),
             "vectorize": m.path, "device": str(m.exp.device),
