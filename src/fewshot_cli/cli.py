@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from .config import DEVICE_PATTERN, dump_config, load_config, quote
@@ -392,6 +393,84 @@ def plot(
         raise _fail(e) from None
     for p in paths:
         out.print(str(p), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        metavar="RUN_DIR...", help="Evaluated runs (fewshot eval RUN_DIR first).",
+        show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="Where to write the overlaid adaptation curves.")] = Path("compare.png"),
+) -> None:
+    """Several runs' evaluations in one table, and their adaptation curves in one figure."""
+    try:
+        from .compare import gather
+
+        entries, warnings = gather([str(p) for p in run_dirs])
+        if output.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise ConfigError(f"--output {output}: expected a .png, .pdf or .svg file")
+    except FewshotError as e:
+        raise _fail(e) from None
+    for w in warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    classification = all(e.classification for e in entries)
+    table = Table(title="test-set evaluation of each run (eval.json; 95% CI)",
+                  title_justify="left")
+    table.add_column("run")
+    table.add_column("algorithm")
+    table.add_column("K/steps", justify="right")
+    table.add_column("accuracy %" if classification else "loss", justify="right")
+    table.add_column("its", justify="right")
+    table.add_column("s/it", justify="right")
+    for e in entries:
+        row = e.at(e.steps) or e.result["per_step"][-1]
+        stat = row["accuracy"] if classification else row["loss"]
+        per_it = (f"{e.seconds / e.iterations:.3g}" if e.seconds and e.iterations else "-")
+        table.add_row(e.name if len(e.name) <= 24 else e.name[:23] + "…", e.algorithm,
+                      f"{e.result['settings']['shots']}/{e.steps}",
+                      _fmt(stat, 100.0 if classification else 1.0),
+                      "-" if e.iterations is None else str(e.iterations), per_it)
+    out.print(table)
+    try:
+        from .compare import plot_compare as _plot
+
+        written = _plot(entries, output)
+    except OSError as e:
+        raise _fail(ConfigError(f"--output {output}: cannot write ({e.strerror})")) from None
+    out.print(f"wrote {written}", highlight=False, soft_wrap=True)
+
+
+@app.command("ls")
+def ls(
+    runs_root: Annotated[Path, typer.Argument(
+        metavar="[RUNS_ROOT]", help="Folder holding run directories.")] = Path("runs"),
+) -> None:
+    """One line per run: name, algorithm, task, status, iterations, best validation, start."""
+    try:
+        from .compare import list_runs
+
+        listed = list_runs(runs_root)
+    except FewshotError as e:
+        raise _fail(e) from None
+    if not listed:
+        out.print(f"no run directories in {runs_root}", highlight=False)
+        return
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (("run", "left"), ("algorithm", "left"), ("task", "left"),
+                          ("status", "left"), ("its", "right"), ("best val.", "right"),
+                          ("started", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for x in listed:
+        table.add_row(x.name, x.algorithm, x.task, x.status,
+                      "-" if x.iterations is None else str(x.iterations), x.best, x.started)
+    # One line per run, however long its name: wider than the terminal rather than wrapped.
+    wide = Console(width=10_000)
+    width = max(out.width, Measurement.get(wide, wide.options, table).maximum)
+    Console(width=width, highlight=False).print(table)
+    out.print("best val.: highest validation accuracy, or lowest median validation loss",
+              highlight=False, style="dim")
 
 
 def main() -> None:

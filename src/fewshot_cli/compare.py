@@ -1,0 +1,222 @@
+"""``fewshot compare`` and ``fewshot ls``: several runs side by side, read from their
+run directories alone (eval.json, meta.json, metrics.jsonl, config.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import RunDirError
+from .rundir import RunDir
+
+#: Settings that make two evaluations incomparable when they differ.
+PROTOCOL_FIELDS = ("protocol", "shots", "ways", "queries", "query_batch", "split", "loss")
+
+
+@dataclass
+class Entry:
+    """One run's evaluation, as compared: its own (not baseline) result of the protocol the
+    latest eval call listed first."""
+
+    run: RunDir
+    result: dict[str, Any]
+    algorithm: str
+    task: str
+    iterations: int | None
+    seconds: float | None
+
+    @property
+    def name(self) -> str:
+        return self.run.path.name
+
+    @property
+    def classification(self) -> bool:
+        return "accuracy" in self.result["per_step"][0]
+
+    def at(self, step: int) -> dict[str, Any] | None:
+        """``per_step`` row of ``step`` (None when not evaluated)."""
+        return next((r for r in self.result["per_step"] if r["step"] == step), None)
+
+    @property
+    def steps(self) -> int:
+        return int(self.result["settings"]["steps"])
+
+
+def _training(run: RunDir) -> tuple[int | None, float | None]:
+    """Meta-iterations done and training seconds (meta.json, else the last metrics row)."""
+    meta = run.read_meta()
+    it, seconds = meta.get("iteration"), meta.get("train_seconds")
+    if it is None or seconds is None:
+        rows = run.read_metrics()
+        if rows:
+            it = it if it is not None else rows[-1].get("iteration")
+            seconds = seconds if seconds is not None else rows[-1].get("time")
+    return it, seconds
+
+
+def algorithm_label(cfg: Any) -> str:
+    """``maml``, ``first-order maml``, ``daml``, ... as a config names it."""
+    algo = cfg.algorithm
+    return ("first-order " if getattr(algo, "first_order", False) else "") + algo.kind
+
+
+def gather(paths: list[str]) -> tuple[list[Entry], list[str]]:
+    """The comparable entry of every run, and warnings (runs without eval.json are
+    skipped with a warning; an unreadable run directory is an error)."""
+    entries, warnings = [], []
+    for p in paths:
+        run = RunDir.open(p)
+        own = [r for r in run.read_results() if not r.get("baseline")]
+        if not own:
+            warnings.append(f"{run.path}: no evaluation yet (run fewshot eval {run.path}); "
+                            "left out")
+            continue
+        cfg = run.read_config()
+        it, seconds = _training(run)
+        entries.append(Entry(run, own[0], algorithm_label(cfg), cfg.task.kind, it, seconds))
+    if not entries:
+        raise RunDirError("nothing to compare: none of the runs has an eval.json "
+                          "(run fewshot eval RUN_DIR first)")
+    return entries, warnings + mismatches(entries)
+
+
+def mismatches(entries: list[Entry]) -> list[str]:
+    """Warnings where the runs were not evaluated alike: protocol, task count, seed, steps."""
+    out = []
+    checks = [("protocol", PROTOCOL_FIELDS), ("number of test tasks", ("tasks",)),
+              ("evaluation seed", ("seed",))]
+    for what, keys in checks:
+        differ = [k for k in keys
+                  if len({repr(e.result["settings"].get(k)) for e in entries}) > 1]
+        if differ:
+            shown = [k for k in differ if k != "protocol"] or differ
+            detail = "; ".join(
+                f"{e.name}: " + ", ".join(f"{k}={e.result['settings'].get(k)}" for k in shown)
+                for e in entries)
+            out.append(f"the runs were evaluated with different {what} ({detail}), so the "
+                       "numbers are not directly comparable")
+    if len({e.task for e in entries}) > 1:
+        out.append("the runs are on different task kinds: "
+                   + ", ".join(f"{e.name}: {e.task}" for e in entries))
+    return out
+
+
+# ------------------------------------------------------------------------------ fewshot ls
+@dataclass
+class Listed:
+    """One line of ``fewshot ls``."""
+
+    name: str
+    algorithm: str
+    task: str
+    status: str
+    iterations: int | None
+    best: str
+    started: str
+
+
+def find_runs(root: str | Path) -> list[RunDir]:
+    """Every run directory directly under ``root`` (or ``root`` itself), by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunDirError(f"{root}: no such folder (fewshot ls reads run directories from "
+                          "a folder such as runs/)")
+    runs = []
+    for p in sorted([root, *root.iterdir()]):
+        if p.is_dir() and (p / "config.yaml").is_file() and (p / "meta.json").is_file():
+            runs.append(RunDir(p))
+    return runs
+
+
+def best_validation(rows: list[dict[str, Any]]) -> str:
+    """The best validation score in the metrics: accuracy for classification, else the
+    lowest median loss."""
+    acc = [r["val_accuracy"] for r in rows if isinstance(r.get("val_accuracy"), (int, float))]
+    if acc:
+        return f"{100 * max(acc):.2f}%"
+    med = [r.get("val_loss_median", r.get("val_loss")) for r in rows]
+    med = [v for v in med if isinstance(v, (int, float)) and v == v]
+    return f"{min(med):.4g}" if med else "-"
+
+
+def list_runs(root: str | Path) -> list[Listed]:
+    """One entry per run under ``root``; a run whose files cannot be read is listed with
+    what could be read."""
+    out = []
+    for run in find_runs(root):
+        try:
+            meta = run.read_meta()
+        except Exception:  # noqa: BLE001 - a damaged meta.json still gets a line
+            meta = {}
+        try:
+            rows = run.read_metrics()
+        except Exception:  # noqa: BLE001
+            rows = []
+        try:
+            status = run.status()
+        except Exception:  # noqa: BLE001
+            status = "unreadable"
+        it = meta.get("iteration")
+        if it is None and rows:
+            it = rows[-1].get("iteration")
+        started = str(meta.get("started", "-")).replace("T", " ")[5:16] or "-"
+        algorithm = str(meta.get("algorithm", "?"))
+        try:
+            algorithm = algorithm_label(run.read_config())
+        except Exception:  # noqa: BLE001 - meta.json's kind then
+            pass
+        out.append(Listed(run.path.name, algorithm,
+                          str(meta.get("task", "?")), status, it, best_validation(rows),
+                          started))
+    return out
+
+
+# ------------------------------------------------------------------------------ compare.png
+def plot_compare(entries: list[Entry], path: Path) -> Path:
+    """The runs' adaptation curves overlaid: query loss (and accuracy) against test-time
+    inner steps, mean with its 95% CI band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from .plots import loss_name
+
+    metrics = ["loss"] + (["accuracy"] if all(e.classification for e in entries) else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics) + 1.0, 4.8),
+                             squeeze=False, layout="constrained")
+    losses = {e.result["settings"].get("loss") for e in entries}
+    for ax, m in zip(axes[0], metrics):
+        scale = 100.0 if m == "accuracy" else 1.0
+        for i, e in enumerate(entries):
+            rows = [r for r in e.result["per_step"] if r[m].get("mean") is not None]
+            steps = [r["step"] for r in rows]
+            mean = [scale * r[m]["mean"] for r in rows]
+            ci = [scale * r[m]["ci95"] for r in rows]
+            colour = f"C{i % 10}"
+            ax.plot(steps, mean, "o-", ms=3, color=colour,
+                    label=f"{e.name} ({e.algorithm})")
+            ax.fill_between(steps, [a - b for a, b in zip(mean, ci)],
+                            [a + b for a, b in zip(mean, ci)], color=colour, alpha=0.15, lw=0)
+        if m == "loss":
+            positive = [r["loss"]["mean"] for e in entries for r in e.result["per_step"]
+                        if (r["loss"].get("mean") or 0) > 0]
+            if positive and max(positive) / min(positive) > 20:
+                ax.set_yscale("log")
+        loss = " / ".join(sorted(loss_name(str(x)) for x in losses))
+        ax.set_ylabel("query accuracy (%)" if m == "accuracy" else f"query loss ({loss})")
+        ax.set_xlabel("inner steps at test time")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, frameon=False,
+               ncol=min(3, len(handles)))
+    s = entries[0].result["settings"]
+    fig.suptitle(f"Adaptation to new test tasks: {len(entries)} runs "
+                 f"({s.get('tasks')} tasks, seed {s.get('seed')}; 95% CI bands)", fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
