@@ -96,6 +96,26 @@ def test_gates_forced_to_alpha_and_one_give_sgd_exactly(inner_batch: int | None)
         assert all(torch.equal(got[k], want[k]) for k in base)
 
 
+def test_inner_gradient_clip_gives_sgd_on_the_clipped_gradient() -> None:
+    """With the gates forced to SGD, ``inner_grad_clip`` c makes each update
+    theta - alpha * clamp(grad, -c, c): it bites where the gradient is large only."""
+    algo, batch = sine_setup(steps=1)
+    algo.cfg.inner_grad_clip = 0.05
+    with torch.no_grad():
+        algo.cell.weight_forget.zero_()
+        algo.cell.weight_input.zero_()
+        algo.cell.bias_forget.fill_(50.0)
+        algo.cell.bias_input.fill_(math.log(0.03 / 0.97))
+    alpha = torch.sigmoid(algo.cell.bias_input).item()
+    base = {k: v.detach() for k, v in algo.params().items()}
+    support = Support(batch.support_x[0], batch.support_y[0])
+    grads = torch.func.grad(lambda p: algo.task_loss(p, support.x, support.y, EVAL))(base)
+    assert any(bool((g.abs() > 0.05).any()) for g in grads.values())  # the clip bites
+    got = algo.adapt(base, support, 1, EVAL).params
+    for k in base:
+        assert torch.equal(got[k], base[k] - alpha * grads[k].clamp(-0.05, 0.05))
+
+
 def test_support_batches_are_taken_in_turn() -> None:
     """inner_batch 2 of 5 support points: updates see points [0:2], [2:4], [4:5], [0:2]."""
     algo, batch = sine_setup(steps=4, inner_batch=2)

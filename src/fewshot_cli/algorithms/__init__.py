@@ -32,6 +32,9 @@ ALGORITHMS: dict[str, str] = {
     "daml": "daml:DAML",
     "meta_lstm": "meta_lstm:MetaLSTM",
     "pretrain": "pretrain:Pretrain",
+    "metasgd": "metasgd:MetaSGD",
+    "anil": "anil:ANIL",
+    "reptile": "reptile:Reptile",
 }
 
 

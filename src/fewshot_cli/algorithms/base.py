@@ -180,6 +180,13 @@ class Algorithm(nn.Module):
     #: means nothing, ``eval --inner-lr`` is refused and baselines keep their own.
     uses_inner_lr: ClassVar[bool] = True
 
+    @classmethod
+    def learns_step_sizes(cls, cfg: AlgorithmSection) -> bool:
+        """Whether this algorithm, configured by ``cfg``, learns its step sizes (then
+        ``eval --inner-lr`` is refused before anything is loaded); ``not uses_inner_lr``
+        unless a config option decides it (MAML's ``learned_inner_lrs``)."""
+        return not cls.uses_inner_lr
+
     def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource) -> None:
         """``task`` describes the tasks (``problem``, ``input_shape``, ``output_dim``),
         for algorithms that size extra meta-parameters from them."""

@@ -1,4 +1,4 @@
-"""MAML and first-order MAML.
+"""MAML, first-order MAML, and the MAML++ options.
 
 Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast
 Adaptation of Deep Networks", ICML. Algorithm 2: for each task, take
@@ -9,36 +9,251 @@ at the adapted parameters, averaged over ``meta_batch`` tasks.
 ``first_order=True`` drops the second-order terms (the paper's "first-order
 approximation", FOMAML): the inner gradients are treated as constants.
 
+MAML++: Antoniou, Edwards & Storkey (2019), "How to train your MAML", ICLR, sec. 4, with
+the schedules and constants of the authors' code (github.com/AntreasAntoniou/
+HowToTrainYourMAMLPytorch, ``few_shot_learning_system.py``). Each option is off by
+default, and with all of them off this is exactly the MAML above. S is ``inner_steps``.
+
+- MSL, ``msl_iterations: N`` -- multi-step loss: a task's outer loss is
+  ``sum_s v_s * L_query(phi_{s+1})``, the query loss after every inner step. With
+  ``f = (t - 1) / N`` at iteration t, ``v_s = max((1 - f) / S, 0.03 / S)`` for the first
+  S - 1 steps and ``v_{S-1} = min((1 + f (S - 1)) / S, 1 - 0.03 (S - 1) / S)``: equal
+  weights at first, moving to the last step (the code's
+  ``get_per_step_loss_importance_vector``). After N iterations the last step's loss
+  alone, as MAML. The code moves f once per 500-iteration epoch; here every iteration.
+- DA, ``first_order_iterations: N`` -- derivative-order annealing: first-order
+  meta-gradients (as ``first_order``) for iterations 1..N, second order after.
+- BNWB, ``per_step_bn_weights`` -- batch norm weights and biases per inner step (conv4's
+  ``per_step_norm``). Inner step s's support pass and the query pass after it use set s,
+  as the code's ``num_step`` does. They are meta-learned and not adapted in the inner
+  loop (the code's ``enable_inner_loop_optimizable_bn_params: false``).
+- BNRS, ``per_step_bn_statistics`` -- running mean and variance per inner step, set s
+  updated in meta-training from the batch statistics of step s's passes (momentum 0.1,
+  the code's, applied once per pass, one update per meta-step). Batch norm still
+  normalises with the batch's statistics, in training and at evaluation, as the authors'
+  code does (``F.batch_norm(..., training=True)``: there the running statistics never
+  reach an output, and the paper's evaluation is transductive).
+  ``running_statistics_at_eval`` makes evaluation normalise step s's passes with set s
+  instead, so the query batch shares no statistics (not transductive). A network trained
+  on each pass's own statistics can do much worse that way: after 19 meta-updates of
+  configs/omniglot-5w1s-mamlpp.yaml, 33% accuracy on 50 validation tasks against 78%
+  with batch statistics.
+- LSLR, ``learned_inner_lrs`` -- a learned inner step size per parameter tensor and inner
+  step, starting at ``inner_lr`` and meta-learned with the init (the code's
+  ``LSLRGradientDescentLearningRule``). ``inner_lr`` is then only their start, so
+  ``fewshot eval --inner-lr`` is refused, as for the other algorithms that learn their
+  step sizes.
+- CA, ``cosine_meta_lr`` -- the meta learning rate follows a cosine from ``meta_lr`` to
+  ``meta_lr_final`` over training (``CosineAnnealingLR``'s curve, moved every iteration;
+  the code moves it once per epoch).
+
+The per-step sets (BNWB, BNRS, LSLR) number S; evaluating more steps than S reuses the
+last set for the extra ones.
+
 Metrics: ``inner_loss`` (the support loss before each inner step),
 ``inner_loss_after`` (after the last one; computed on logged iterations only)
-and, for classification, the query ``accuracy`` after adaptation.
+and, for classification, the query ``accuracy`` after adaptation. While MSL is on, also
+``query_loss_steps`` (the query loss after each step) and ``msl_weights``.
 """
 
 from __future__ import annotations
 
-import torch
+import math
+from typing import Any
 
-from .base import Algorithm, Context, Metrics, Params, Query, Support, accuracy
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value
+
+from ..config import AlgorithmSection
+from ..errors import ConfigError
+from ..tasks.base import TaskBatch, TaskSource
+from .base import Algorithm, Context, Metrics, Params, Path, Progress, Query, Support, accuracy
+
+#: MSL: the floor of every weight but the last is this over S (the code's
+#: ``min_value_for_non_final_losses``).
+MSL_FLOOR = 0.03
+#: BNRS: the running statistics' momentum per pass (the code's ``MetaBatchNormLayer``).
+BN_MOMENTUM = 0.1
+#: Metric key that carries BNRS's batch statistics from the tasks to ``meta_step``.
+BN_STATS = "_bn_stats"
+
+
+def msl_weights(steps: int, fraction: float) -> list[float]:
+    """MSL's per-step weights at ``fraction`` (0 to 1) of the MSL phase (see the module
+    docstring); they sum to 1."""
+    floor = MSL_FLOOR / steps
+    first = [max((1.0 - fraction) / steps, floor)] * (steps - 1)
+    last = min((1.0 + fraction * (steps - 1)) / steps, 1.0 - (steps - 1) * floor)
+    return [*first, last]
+
+
+def lr_key(name: str) -> str:
+    """The ``ParameterDict`` key of parameter ``name`` (a key may not contain dots)."""
+    return name.replace(".", "/")
 
 
 class MAML(Algorithm):
-    """MAML with plain SGD inner steps of size ``inner_lr``, optionally first order."""
+    """MAML with SGD inner steps of size ``inner_lr``, optionally first order, with the
+    MAML++ options of the module docstring."""
 
     kind = "maml"
     paths = ("vmap", "loop", "fused")
 
-    def inner_step(self, params: Params, state: None, support: Support, step: int,
-                   ctx: Context) -> tuple[Params, None, Metrics]:
-        create_graph = ctx.training and not getattr(self.cfg, "first_order", False)
-        new, loss = self.sgd_step(params, support.x, support.y, self.inner_lr, create_graph, ctx)
-        return new, None, {"inner_loss": loss}
+    def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource) -> None:
+        super().__init__(model, cfg, task)
+
+        def option(key: str, off: Any) -> Any:  # a subclass's section may lack the key
+            return getattr(cfg, key, off)
+
+        self.first_order: bool = option("first_order", False)
+        self.msl_iterations: int | None = option("msl_iterations", None)
+        self.first_order_iterations: int | None = option("first_order_iterations", None)
+        bn_weights = option("per_step_bn_weights", False)
+        bn_stats = option("per_step_bn_statistics", False)
+        eval_running = option("running_statistics_at_eval", False)
+        per_step: list[str] = []
+        if bn_weights or bn_stats:
+            key = "per_step_bn_weights" if bn_weights else "per_step_bn_statistics"
+            if not hasattr(model, "per_step_norm") or not model.norms():
+                found = ("a conv4 with batch_norm: false" if hasattr(model, "per_step_norm")
+                         else f"model {type(model).__name__}")
+                raise ConfigError(f"algorithm.{key}: needs model.kind conv4 with batch_norm: "
+                                  f"true, found {found}")
+            per_step = model.per_step_norm(self.inner_steps, bn_weights, bn_stats)
+        self.per_step_norm = bn_weights or bn_stats
+        self.bn_statistics = bn_stats
+        #: The parameters the inner loop adapts: all but the per-step batch norm sets.
+        self.adapted = [n for n, _ in model.named_parameters() if n not in per_step]
+        sets = set(model.norm_step(0)) if self.per_step_norm else set()
+        running = {k for k in sets if k.endswith(("running_mean", "running_var"))}
+        #: BNRS's running statistics, where evaluation normalises with them.
+        self.running = running if eval_running else set()
+        #: The per-step sets the forward passes are given (``norm_tensors``).
+        self.given = (sets - running) | self.running
+        if option("learned_inner_lrs", False):
+            weights = dict(model.named_parameters())
+            self.inner_lrs = nn.ParameterDict({
+                lr_key(n): nn.Parameter(weights[n].new_full((self.inner_steps,), cfg.inner_lr))
+                for n in self.adapted})
+        self.uses_inner_lr = not self.learns_step_sizes(cfg)  # type: ignore[misc]
+
+    @classmethod
+    def learns_step_sizes(cls, cfg: AlgorithmSection) -> bool:
+        return bool(getattr(cfg, "learned_inner_lrs", False))
+
+    # -- the network, with this step's batch norm sets -------------------------------------
+    def norm_tensors(self, step: int, ctx: Context) -> Params:
+        """Inner step ``step``'s per-step batch norm sets (BNWB, BNRS; none without them),
+        constants outside training."""
+        if not self.given:
+            return {}
+        sets = {k: v for k, v in self.model.norm_step(step).items() if k in self.given}
+        return sets if ctx.training else {k: v.detach() for k, v in sets.items()}
+
+    def params(self) -> Params:
+        """The adapted parameters' initial values and the first step's batch norm sets."""
+        params = dict(self.model.named_parameters())
+        if not self.per_step_norm:
+            return params
+        return {**{n: params[n] for n in self.adapted}, **self.norm_tensors(0, Context(True))}
+
+    def forward(self, params: Params, x: torch.Tensor, ctx: Context,  # type: ignore[override]
+                hidden: bool = False, stats: bool = False) -> Any:
+        """As :meth:`Algorithm.forward`; in meta-training batch norm always uses the batch's
+        statistics (running ones given for evaluation are left out), and ``stats`` also
+        returns them."""
+        if ctx.training and self.running:
+            params = {k: v for k, v in params.items() if k not in self.running}
+        if not stats:
+            return super().forward(params, x, ctx, hidden)
+        if ctx.fused:
+            return self.model.forward_tasks(params, x, return_stats=True)
+        return functional_call(self.model, params, (x,), {"return_stats": True})
+
+    # -- the inner loop ------------------------------------------------------------------------
+    def first_order_now(self, ctx: Context) -> bool:
+        """First-order meta-gradients: ``first_order``, or DA's first iterations."""
+        if self.first_order:
+            return True
+        n, progress = self.first_order_iterations, ctx.progress
+        return n is not None and progress is not None and progress.iteration <= n
+
+    def step_sizes(self, step: int, ctx: Context) -> Any:
+        """``inner_lr``, or with LSLR step ``step``'s rate of every adapted tensor."""
+        if not hasattr(self, "inner_lrs"):
+            return self.inner_lr
+        return {n: self.inner_lrs[lr_key(n)][step] if ctx.training
+                else self.inner_lrs[lr_key(n)][step].detach() for n in self.adapted}
+
+    def collects_statistics(self, ctx: Context) -> bool:
+        return self.bn_statistics and ctx.training
+
+    def init_state(self, params: Params, support: Support, ctx: Context) -> Any:
+        """BNRS in meta-training: the batch statistics of each step's support pass."""
+        return () if self.collects_statistics(ctx) else None
+
+    def inner_step(self, params: Params, state: Any, support: Support, step: int,
+                   ctx: Context) -> tuple[Params, Any, Metrics]:
+        s = min(step, self.inner_steps - 1)
+        params = {**params, **self.norm_tensors(s, ctx)}
+        create_graph = ctx.training and not self.first_order_now(ctx)
+        collect = self.collects_statistics(ctx)
+        adapted = {k: params[k] for k in self.adapted}
+        fixed = {k: v for k, v in params.items() if k not in adapted}  # batch norm sets
+        lr = self.step_sizes(s, ctx)
+
+        def total(p: Params) -> tuple[torch.Tensor, Any]:
+            out = self.forward({**p, **fixed}, support.x, ctx, stats=collect)
+            if not collect:
+                loss = self.per_task(self.loss_fn, out, support.y, ctx)
+                return loss.sum(), loss
+            loss = self.per_task(self.loss_fn, out[0], support.y, ctx)
+            return loss.sum(), (loss, out[1])
+
+        grads, (_, aux) = grad_and_value(total, has_aux=True)(adapted)
+        loss, stats = aux if collect else (aux, None)
+        if not create_graph:
+            grads = {k: g.detach() for k, g in grads.items()}
+        new = {k: p - (lr[k] if isinstance(lr, dict) else lr) * grads[k]
+               for k, p in adapted.items()}
+        if collect:
+            state = (*state, stats)
+        return {**new, **fixed}, state, {"inner_loss": loss.detach()}
+
+    # -- the outer objective -------------------------------------------------------------------
+    def msl_weights_at(self, progress: Progress | None) -> list[float] | None:
+        """MSL's weights at this iteration, or None once (or where) MSL is off."""
+        n = self.msl_iterations
+        if n is None or progress is None or progress.iteration > n:
+            return None
+        return msl_weights(self.inner_steps, (progress.iteration - 1) / n)
 
     def task_objective(self, params: Params, support: Support, query: Query,
                        ctx: Context) -> tuple[torch.Tensor, Metrics]:
-        adapted = self.adapt(params, support, self.inner_steps, ctx)
-        out = self.forward(adapted.params, query.x, ctx)
-        loss = self.per_task(self.loss_fn, out, query.y, ctx)
+        weights = self.msl_weights_at(ctx.progress) if ctx.training else None
+        collect = self.collects_statistics(ctx)
+        adapted = self.adapt(params, support, self.inner_steps, ctx,
+                             observe=None if weights is None else (lambda p: p))
         metrics = dict(adapted.metrics)
+        # the query passes: after the last step, or (MSL) after every step
+        points = adapted.observed[1:] if weights is not None else [adapted.params]
+        outs, losses, query_stats = [], [], []
+        for p in points:
+            out = self.forward(p, query.x, ctx, stats=collect)
+            if collect:
+                out, stats = out
+                query_stats.append(stats)
+            outs.append(out)
+            losses.append(self.per_task(self.loss_fn, out, query.y, ctx))
+        out = outs[-1]
+        if weights is None:
+            loss = losses[-1]
+        else:
+            loss = sum(w * q for w, q in zip(weights, losses))
+            metrics["query_loss_steps"] = torch.stack(losses, dim=-1).detach()
+        if collect:
+            metrics[BN_STATS] = self._pass_statistics(adapted.state, query_stats)
         if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
             after = {k: v.detach() for k, v in adapted.params.items()}
             metrics["inner_loss_after"] = self.task_loss(after, support.x, support.y,
@@ -46,3 +261,52 @@ class MAML(Algorithm):
         if self.classification:
             metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
         return loss, metrics
+
+    def _pass_statistics(self, support: tuple[torch.Tensor, ...],
+                         query: list[torch.Tensor]) -> torch.Tensor:
+        """Per step, the mean batch statistics of its passes ``[S, 4, 2, F]`` (``[B, ...]``
+        fused): step s's support pass, and the query pass after it where there was one."""
+        sums = torch.stack(support, dim=-4)
+        counts = self._passes(len(query) > 1).to(sums)
+        if len(query) > 1:
+            sums = sums + torch.stack(query, dim=-4)
+        else:  # no in-place writes: this runs under vmap
+            before = torch.zeros_like(sums.narrow(-4, 0, self.inner_steps - 1))
+            sums = sums + torch.cat([before, query[0].unsqueeze(-4)], dim=-4)
+        return sums / counts.view(-1, 1, 1, 1)
+
+    def _passes(self, every_step: bool) -> torch.Tensor:
+        """Passes per step: a support pass, and a query pass after every step (MSL) or
+        after the last one."""
+        counts = torch.full((self.inner_steps,), 2.0 if every_step else 1.0)
+        counts[-1] = 2.0
+        return counts
+
+    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
+                  optimizer: torch.optim.Optimizer) -> Metrics:
+        """The gradient step on the outer loss; then BNRS's running statistics take in this
+        meta-batch's (``1 - momentum`` to the power of the passes they saw)."""
+        metrics = super().meta_step(batch, path, progress, optimizer)
+        stats = metrics.pop(BN_STATS, None)
+        weights = self.msl_weights_at(progress)
+        if stats is not None:
+            passes = self._passes(weights is not None).to(stats) * len(batch)
+            self.model.update_step_statistics(stats, (1.0 - BN_MOMENTUM) ** passes)
+        if weights is not None:
+            metrics["msl_weights"] = torch.tensor(weights)
+        return metrics
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer, total: int
+                            ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """CA: a cosine from ``meta_lr`` at the first iteration to ``meta_lr_final`` at the
+        end of ``total`` (``CosineAnnealingLR``'s curve, in closed form: a run extended
+        with ``--resume`` stretches it to the new end instead of starting a second period)."""
+        if not getattr(self.cfg, "cosine_meta_lr", False):
+            return None
+        start, final = self.cfg.meta_lr, self.cfg.meta_lr_final
+
+        def factor(i: int) -> float:
+            return (final + (start - final) * (1 + math.cos(math.pi * min(i, total) / total)) / 2
+                    ) / start
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -161,7 +161,7 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
     """
     cfg = run.read_config()
     which = protocols[0].checkpoint
-    learned_lr = not algorithm_class(cfg.algorithm.kind).uses_inner_lr
+    learned_lr = algorithm_class(cfg.algorithm.kind).learns_step_sizes(cfg.algorithm)
     if inner_lr is not None and learned_lr:
         raise ConfigError(f"--inner-lr: algorithm.kind {cfg.algorithm.kind} learns its step "
                           "sizes, so a test-time step size has no meaning for it")

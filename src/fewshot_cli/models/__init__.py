@@ -1,7 +1,9 @@
 """Plain ``nn.Module`` networks; nothing meta-learning specific lives here.
 
 Every model's ``forward(x, return_hidden=False)`` can also return its hidden
-activations. ``build(cfg.model, source)`` sizes the network for the task.
+activations, and is ``apply_head(features(x))``: the body's features and the head
+(the parameters named in ``head_names``), for algorithms that adapt the head alone.
+``build(cfg.model, source)`` sizes the network for the task.
 """
 
 from __future__ import annotations

@@ -9,7 +9,16 @@ a spatial mean before the linear head.
 Besides the ordinary ``forward``, :meth:`Conv4.forward_tasks` runs B copies of
 the network with B different parameter sets in one pass (task b's filters
 become group b of a grouped convolution), for meta-learning without
-``torch.func.vmap``.
+``torch.func.vmap``. Both come in two halves, the body (:meth:`Conv4.features`,
+:meth:`Conv4.features_tasks`) and the linear head (:meth:`Conv4.apply_head`,
+:meth:`Conv4.apply_head_tasks`), for algorithms that adapt the head alone.
+
+For MAML++ (Antoniou, Edwards & Storkey 2019), :meth:`Conv4.per_step_norm` gives
+every batch norm layer one set of weights and biases and/or of running statistics per
+inner step; :meth:`Conv4.norm_step` hands step s's set to ``functional_call`` (a batch
+norm layer given running statistics normalises with them instead of the batch's), and
+``return_stats`` reports the batch statistics the running ones are updated from. Until
+``per_step_norm`` is called the network's parameters, state and outputs are as before.
 """
 
 from __future__ import annotations
@@ -35,6 +44,21 @@ def batch_stat_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return centred * scale + bias.view(1, -1, 1, 1)
 
 
+def running_stat_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                      weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-channel batch norm of ``x [N, C, H, W]`` with given statistics ``mean``, ``var``
+    ``[C]`` (``F.batch_norm(..., training=False)``, from primitive ops)."""
+    scale = weight * torch.rsqrt(var + eps)
+    return (x - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def batch_statistics(x: torch.Tensor) -> torch.Tensor:
+    """``[2, C]``: the per-channel mean and unbiased variance of ``x [N, C, H, W]``, detached
+    (what ``F.batch_norm`` folds into running statistics)."""
+    x = x.detach()
+    return torch.stack([x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), correction=1)])
+
+
 class BatchStatNorm(nn.Module):
     """Batch norm that always normalises with the current batch's statistics.
 
@@ -42,16 +66,55 @@ class BatchStatNorm(nn.Module):
     ``torch.func.vmap(grad(...))`` the fused kernel's batching rule treats the
     saved mean and variance as constants, which silently gives a wrong
     second-order meta-gradient. Primitive ops differentiate exactly at any order.
+
+    ``running_mean`` and ``running_var`` are empty (None) buffers: given through
+    ``functional_call``, they replace the batch's statistics. :meth:`per_step` adds
+    per-step sets (MAML++).
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
+        self.channels = channels
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", None)
+        self.register_buffer("running_var", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return batch_stat_norm(x, self.weight, self.bias, self.eps)
+        if self.weight is None:
+            raise RuntimeError("per-step batch norm weights: pass a step's weight and bias "
+                               "(Conv4.norm_step) to functional_call")
+        if self.running_mean is None:
+            return batch_stat_norm(x, self.weight, self.bias, self.eps)
+        return running_stat_norm(x, self.running_mean, self.running_var, self.weight,
+                                 self.bias, self.eps)
+
+    def per_step(self, steps: int, weights: bool, statistics: bool) -> list[str]:
+        """Make ``steps`` sets: of weights and biases (parameters ``step_weight``,
+        ``step_bias`` ``[steps, C]``, each row starting at the current values; ``weight``
+        and ``bias`` then become empty and must be given) and/or of running statistics
+        (buffers ``step_mean``, ``step_var``, starting at 0 and 1). Returns the names of the
+        new parameters."""
+        if weights:
+            self.step_weight = nn.Parameter(self.weight.detach().expand(steps, -1).clone())
+            self.step_bias = nn.Parameter(self.bias.detach().expand(steps, -1).clone())
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if statistics:
+            like = self.step_weight if weights else self.weight
+            self.register_buffer("step_mean", like.new_zeros(steps, self.channels))
+            self.register_buffer("step_var", like.new_ones(steps, self.channels))
+        return ["step_weight", "step_bias"] if weights else []
+
+    def step_tensors(self, step: int) -> dict[str, torch.Tensor]:
+        """Set ``step``'s tensors by the names ``forward`` reads them under."""
+        out: dict[str, torch.Tensor] = {}
+        if hasattr(self, "step_weight"):
+            out.update(weight=self.step_weight[step], bias=self.step_bias[step])
+        if hasattr(self, "step_mean"):
+            out.update(running_mean=self.step_mean[step], running_var=self.step_var[step])
+        return out
 
 
 class ConvBlock(nn.Module):
@@ -61,8 +124,13 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if strided else 1, padding=1)
         self.norm = BatchStatNorm(c_out) if batch_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm(self.conv(x)))
+    def forward(self, x: torch.Tensor, stats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The block's output; ``stats``, when given, receives the batch statistics of the
+        convolution's output (:func:`batch_statistics`)."""
+        x = self.conv(x)
+        if stats is not None:
+            stats.append(batch_statistics(x))
+        x = F.relu(self.norm(x))
         return x if self.strided else F.max_pool2d(x, 2)
 
 
@@ -84,24 +152,83 @@ class Conv4(nn.Module):
         features = filters if strided else filters * h * w
         self.head = nn.Linear(features, ways)
 
-    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+    #: The parameters of the linear head; every other parameter belongs to the body.
+    head_names: tuple[str, ...] = ("head.weight", "head.bias")
+
+    def features(self, x: torch.Tensor, return_hidden: bool = False,
+                 stats: list[torch.Tensor] | None = None):
+        """The body's output, the head's input ``[N, F]``: the last block's feature map
+        averaged over space (strided) or flattened; with ``return_hidden`` also the four
+        block outputs. ``forward(x) == apply_head(features(x))``. ``stats``, when given,
+        receives each block's batch statistics (:meth:`forward`'s ``return_stats``)."""
         hidden = []
         for block in self.blocks:
-            x = block(x)
+            x = block(x, stats)
             hidden.append(x)
         x = x.mean(dim=(2, 3)) if self.strided else x.flatten(1)
-        out = self.head(x)
+        return (x, hidden) if return_hidden else x
+
+    def apply_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The linear head on body features ``[N, F]``."""
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False,
+                return_stats: bool = False):
+        """Logits ``[N, ways]``; with ``return_hidden`` also the four block outputs, with
+        ``return_stats`` also ``[4, 2, F]``: each block's batch mean and unbiased variance
+        before its batch norm (detached; what per-step running statistics learn from)."""
+        stats: list[torch.Tensor] | None = [] if return_stats else None
+        features, hidden = self.features(x, return_hidden=True, stats=stats)
+        out = self.apply_head(features)
+        if stats is not None:
+            return (out, hidden, torch.stack(stats)) if return_hidden else (out, torch.stack(stats))
         return (out, hidden) if return_hidden else out
 
+    # -- per-step batch norm (MAML++) ------------------------------------------------------
+    def norms(self) -> list[BatchStatNorm]:
+        """The four batch norm layers (none without batch norm)."""
+        return [b.norm for b in self.blocks if isinstance(b.norm, BatchStatNorm)]
+
+    def per_step_norm(self, steps: int, weights: bool, statistics: bool) -> list[str]:
+        """Give every batch norm layer ``steps`` sets of weights and biases (``weights``)
+        and/or of running statistics (``statistics``), MAML++'s BNWB and BNRS (Antoniou et
+        al. 2019); see :meth:`BatchStatNorm.per_step`. Returns the names of the new
+        parameters (the per-step sets, which ``forward`` reads only through
+        :meth:`norm_step`)."""
+        if len(self.norms()) != len(self.blocks):
+            raise ValueError("per-step batch norm needs a conv4 with batch_norm: true")
+        return [f"blocks.{i}.norm.{n}" for i, norm in enumerate(self.norms())
+                for n in norm.per_step(steps, weights, statistics)]
+
+    def norm_step(self, step: int) -> dict[str, torch.Tensor]:
+        """Step ``step``'s batch norm sets, by the names ``functional_call`` takes them under
+        (``blocks.i.norm.weight``, ``.bias``, ``.running_mean``, ``.running_var``); empty
+        without :meth:`per_step_norm`."""
+        return {f"blocks.{i}.norm.{k}": v for i, norm in enumerate(self.norms())
+                for k, v in norm.step_tensors(step).items()}
+
+    @torch.no_grad()
+    def update_step_statistics(self, stats: torch.Tensor, keep: torch.Tensor) -> None:
+        """Per-step running statistics <- ``keep * running + (1 - keep) * stats``, with
+        ``stats [steps, 4, 2, F]`` (means and variances, as :meth:`forward` reports them)
+        and ``keep [steps]``."""
+        k = keep.to(stats.dtype).view(-1, 1)
+        for i, norm in enumerate(self.norms()):
+            norm.step_mean.mul_(k).add_((1 - k) * stats[:, i, 0])
+            norm.step_var.mul_(k).add_((1 - k) * stats[:, i, 1])
+
     def forward_tasks(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
-                      return_hidden: bool = False):
+                      return_hidden: bool = False, return_stats: bool = False):
         """Outputs of B networks at once: task b's parameters on task b's inputs.
 
         ``params`` maps every name of ``named_parameters()`` to a ``[B, *shape]``
         stack of per-task values (a tensor of the plain ``shape`` is shared by all
         tasks); ``x`` is ``[B, n, C, H, W]``. Returns ``[B, n, ways]`` (and with
-        ``return_hidden`` the four block outputs as ``[B, n, F, H', W']``), equal to
-        stacking ``functional_call(self, params_b, (x_b,))`` over b.
+        ``return_hidden`` the four block outputs as ``[B, n, F, H', W']``, with
+        ``return_stats`` the batch statistics ``[B, 4, 2, F]``), equal to stacking
+        ``functional_call(self, params_b, (x_b,))`` over b. Batch norm running statistics
+        in ``params`` (``blocks.i.norm.running_mean``, ``.running_var``) are used as in
+        :class:`BatchStatNorm`.
 
         The tasks are laid side by side in the channel dimension,
         ``[n, B*C, H, W]``: each convolution is one grouped convolution with
@@ -111,40 +238,75 @@ class Conv4(nn.Module):
         ``torch.func.grad`` but not under ``torch.func.vmap`` (see
         :class:`BatchStatNorm`): do not vmap this method.
         """
+        stats: list[torch.Tensor] | None = [] if return_stats else None
+        if not return_hidden:
+            out = self.apply_head_tasks(params, self.features_tasks(params, x, stats=stats))
+            return out if stats is None else (out, torch.stack(stats, dim=1))
+        features, hidden = self.features_tasks(params, x, return_hidden=True, stats=stats)
+        out = self.apply_head_tasks(params, features)
+        return (out, hidden) if stats is None else (out, hidden, torch.stack(stats, dim=1))
+
+    def _shape(self, name: str) -> torch.Size:
+        """The per-task shape of tensor ``name`` of ``params`` (a batch norm layer's weight,
+        bias and running statistics are ``[F]``, given or not)."""
+        module, _, attr = name.rpartition(".")
+        norm = self.get_submodule(module)
+        if isinstance(norm, BatchStatNorm) and attr in ("weight", "bias", "running_mean",
+                                                         "running_var"):
+            return torch.Size([norm.channels])
+        return self.get_parameter(name).shape
+
+    def _stacked(self, params: Mapping[str, torch.Tensor], name: str, b: int) -> torch.Tensor:
+        """``params[name]`` as a ``[B, *shape]`` stack (a plain-shape tensor is shared)."""
+        if name not in params:
+            raise KeyError(f"forward_tasks: missing parameter {name}")
+        p, shape = params[name], self._shape(name)
+        if p.shape == shape:
+            return p.expand(b, *shape)
+        if p.shape[1:] != shape or p.shape[0] != b:
+            raise ValueError(f"forward_tasks: {name} has shape {tuple(p.shape)}, expected "
+                             f"{(b, *shape)} or {tuple(shape)}")
+        return p
+
+    def features_tasks(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                       return_hidden: bool = False, stats: list[torch.Tensor] | None = None):
+        """:meth:`features` of B networks at once (see :meth:`forward_tasks`): ``[B, n, F]``
+        (and with ``return_hidden`` the four block outputs); the head's parameters are
+        not read. ``stats``, when given, receives each block's batch statistics
+        ``[B, 2, F]``."""
         if x.dim() != 5:
             raise ValueError(f"forward_tasks expects inputs [B, n, C, H, W], got {tuple(x.shape)}")
         b, n = x.shape[:2]
-        shapes = dict(self.named_parameters())
-        missing = shapes.keys() - params.keys()
-        if missing:
-            raise KeyError(f"forward_tasks: missing parameters {sorted(missing)}")
-
-        def stacked(name: str) -> torch.Tensor:
-            p, shape = params[name], shapes[name].shape
-            if p.shape == shape:
-                return p.expand(b, *shape)
-            if p.shape[1:] != shape or p.shape[0] != b:
-                raise ValueError(f"forward_tasks: {name} has shape {tuple(p.shape)}, expected "
-                                 f"{(b, *shape)} or {tuple(shape)}")
-            return p
-
         h = x.transpose(0, 1).reshape(n, b * x.shape[2], *x.shape[3:])
         hidden = []
         for i, block in enumerate(self.blocks):
-            w = stacked(f"blocks.{i}.conv.weight")
-            bias = stacked(f"blocks.{i}.conv.bias")
+            w = self._stacked(params, f"blocks.{i}.conv.weight", b)
+            bias = self._stacked(params, f"blocks.{i}.conv.bias", b)
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1),
                          stride=block.conv.stride, padding=block.conv.padding, groups=b)
+            if stats is not None:
+                stats.append(batch_statistics(h).view(2, b, -1).transpose(0, 1))
             if isinstance(block.norm, BatchStatNorm):
-                h = F.batch_norm(h, None, None, stacked(f"blocks.{i}.norm.weight").reshape(-1),
-                                 stacked(f"blocks.{i}.norm.bias").reshape(-1), training=True,
-                                 momentum=0.0, eps=block.norm.eps)
+                given = f"blocks.{i}.norm.running_mean" in params
+                mean, var = ((self._stacked(params, f"blocks.{i}.norm.running_{k}", b).reshape(-1)
+                              for k in ("mean", "var")) if given else (None, None))
+                h = F.batch_norm(h, mean, var,
+                                 self._stacked(params, f"blocks.{i}.norm.weight", b).reshape(-1),
+                                 self._stacked(params, f"blocks.{i}.norm.bias", b).reshape(-1),
+                                 training=not given, momentum=0.0, eps=block.norm.eps)
             h = F.relu(h)
             if not self.strided:
                 h = F.max_pool2d(h, 2)
             if return_hidden:
                 hidden.append(h.view(n, b, -1, *h.shape[2:]).transpose(0, 1))
         features = (h.mean(dim=(2, 3)) if self.strided else h).reshape(n, b, -1).transpose(0, 1)
-        weight, bias = stacked("head.weight"), stacked("head.bias")
-        out = torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
-        return (out, hidden) if return_hidden else out
+        return (features, hidden) if return_hidden else features
+
+    def apply_head_tasks(self, params: Mapping[str, torch.Tensor], features: torch.Tensor
+                         ) -> torch.Tensor:
+        """:meth:`apply_head` of B networks at once: ``[B, n, F]`` features to
+        ``[B, n, ways]``, task b's head on task b's features."""
+        b = features.shape[0]
+        weight = self._stacked(params, "head.weight", b)
+        bias = self._stacked(params, "head.bias", b)
+        return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))

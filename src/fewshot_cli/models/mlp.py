@@ -23,13 +23,30 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.act = nn.ReLU() if activation == "relu" else nn.Tanh()
 
-    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The parameters of the head (the last linear layer); the rest is the body."""
+        last = len(self.layers) - 1
+        return (f"layers.{last}.weight", f"layers.{last}.bias")
+
+    def features(self, x: torch.Tensor, return_hidden: bool = False):
+        """The body's output, the head's input (the last hidden layer's activations; the
+        input itself without hidden layers), and with ``return_hidden`` every hidden
+        layer's activations. ``forward(x) == apply_head(features(x))``."""
         x = x.flatten(1) if x.dim() > 2 else x
         hidden = []
         for layer in self.layers[:-1]:
             x = self.act(layer(x))
             hidden.append(x)
-        out = self.layers[-1](x)
+        return (x, hidden) if return_hidden else x
+
+    def apply_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The last linear layer on body features."""
+        return self.layers[-1](features)
+
+    def forward(self, x: torch.Tensor, return_hidden: bool = False):
+        features, hidden = self.features(x, return_hidden=True)
+        out = self.apply_head(features)
         return (out, hidden) if return_hidden else out
 
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One short GPU session for the algorithm family: MAML++ on Omniglot 5-way 1-shot for a
+# wall-time budget (validation accuracy against time, then 600 test tasks), then seconds per
+# meta-iteration and peak memory of the meta-LSTM against MAML on the Omniglot config.
+#
+#   OMNIGLOT_TGZ=.gpu/omniglot.tgz MINUTES=5 bash benchmarks/gpu_family.sh OUT_DIR
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?output folder}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export FEWSHOT_CACHE=/tmp/fewshot-cache
+data=/tmp/omniglot-data
+mkdir -p "$data" && tar xzf "$OMNIGLOT_TGZ" -C "$data"
+root="$data/omniglot"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 benchmarks/omniglot_maml.py --config configs/omniglot-5w1s-mamlpp.yaml \
+  --minutes "${MINUTES:-5}" --device cuda --root "$root" --val-every 250 \
+  --work /tmp/fewshot-runs --out "$out/mamlpp.md"
+FEWSHOT_OMNIGLOT="$root" python3 benchmarks/meta_lstm.py --parts speed --device cuda \
+  2>&1 | tee "$out/meta_lstm_speed.md"

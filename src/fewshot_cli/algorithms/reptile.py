@@ -1,0 +1,144 @@
+"""Reptile: move the initialisation towards the weights each task trains it to.
+
+Nichol, Achiam & Schulman (2018), "On First-Order Meta-Learning Algorithms",
+arXiv:1803.02999, the batched version of the algorithm: each of ``meta_batch`` tasks is
+trained from theta for k = ``inner_steps`` steps of SGD or Adam on its support set,
+giving phi_i, and
+
+    theta <- theta + eps * (1/n) * sum_i (phi_i - theta)
+
+with the outer step size eps = ``meta_lr`` annealed linearly to ``meta_lr_final`` over
+training (to 0 in the paper). No query set is used in training; evaluation adapts with
+the same inner loop (``eval_inner_steps``, ``eval_inner_batch``), the usual protocol.
+
+- The update is one step on the surrogate ``1/2 mean_i ||theta - phi_i||^2`` (phi_i held
+  constant), whose gradient is ``theta - mean_i phi_i``, the paper's Reptile gradient up to
+  the inner step size: with ``meta_optimizer: sgd`` at rate eps this is exactly the
+  interpolation above; ``adam`` hands the same direction to Adam (the paper's variant).
+  The schedule is a ``LambdaLR`` on eps, saved with the run.
+- Every inner step in training takes ``inner_batch`` support examples in turn from a new
+  shuffle of the task's support set (as the reference code, github.com/openai/
+  supervised-reptile, draws its minibatches; 5 steps of 10 on 50 examples is one pass);
+  evaluation takes ``eval_inner_batch`` in the support set's order (all of it by default).
+- The inner Adam has beta1 = 0 by default (the reference code's
+  ``AdamOptimizer(beta1=0)``; the paper found momentum hurt), eps 1e-8, and a fresh state
+  for every task (``init_state``). The reference code instead carries one Adam state
+  across all tasks and iterations, and evaluates starting from it.
+- No second derivatives anywhere: adaptation starts from detached parameters.
+
+Metrics: ``inner_loss`` (the minibatch loss before each inner step), ``reptile_step`` (the
+mean over tasks of ``||phi_i - theta||``) and, on logged iterations, ``loss`` (the support
+loss after adaptation, on the whole support set) and, for classification,
+``support_accuracy`` (likewise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch.func import grad_and_value
+
+from ..config import ReptileConfig
+from ..tasks.base import TaskBatch
+from .base import Algorithm, Context, Metrics, Params, Path, Progress, Query, Support, accuracy
+from .meta_lstm import support_batch
+
+#: The inner Adam's epsilon (the reference code's TensorFlow default).
+ADAM_EPS = 1e-8
+
+
+class Reptile(Algorithm):
+    """Reptile (Nichol et al. 2018); see the module docstring."""
+
+    kind = "reptile"
+    paths = ("vmap", "loop", "fused")
+    cfg: ReptileConfig
+
+    # -- the inner loop: SGD or Adam on support minibatches ------------------------------------
+    def init_state(self, params: Params, support: Support, ctx: Context) -> Any:
+        """Adam's first and second moments, zero; none for SGD."""
+        if self.cfg.inner_optimizer == "sgd":
+            return None
+        return ({k: torch.zeros_like(v) for k, v in params.items()},
+                {k: torch.zeros_like(v) for k, v in params.items()})
+
+    def gradient(self, params: Params, x: torch.Tensor, y: torch.Tensor, ctx: Context
+                 ) -> tuple[Params, torch.Tensor]:
+        """The task loss's gradient at ``params`` on ``(x, y)`` (a constant) and the loss."""
+        def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            loss = self.task_loss(p, x, y, ctx)
+            return loss.sum(), loss
+
+        grads, (_, loss) = grad_and_value(total, has_aux=True)(params)
+        return {k: g.detach() for k, g in grads.items()}, loss.detach()
+
+    def inner_step(self, params: Params, state: Any, support: Support, step: int,
+                   ctx: Context) -> tuple[Params, Any, Metrics]:
+        size = self.cfg.inner_batch if ctx.training else self.cfg.eval_inner_batch
+        x, y = support_batch(support, step, size, ctx.fused)
+        grads, loss = self.gradient(params, x, y, ctx)
+        lr = self.inner_lr
+        if state is None:
+            return {k: p - lr * grads[k] for k, p in params.items()}, None, {"inner_loss": loss}
+        b1, b2 = self.cfg.inner_betas
+        m = {k: b1 * state[0][k] + (1 - b1) * g for k, g in grads.items()}
+        v = {k: b2 * state[1][k] + (1 - b2) * g * g for k, g in grads.items()}
+        c1, c2 = 1 - b1 ** (step + 1), 1 - b2 ** (step + 1)  # bias corrections
+        new = {k: p - lr * (m[k] / c1) / ((v[k] / c2).sqrt() + ADAM_EPS)
+               for k, p in params.items()}
+        return new, (m, v), {"inner_loss": loss}
+
+    # -- the meta-update ------------------------------------------------------------------------
+    def task_objective(self, params: Params, support: Support, query: Query,
+                       ctx: Context) -> tuple[torch.Tensor, Metrics]:
+        """``1/2 ||theta - phi||^2`` of one task, phi its adapted weights (a constant): the
+        gradient is the task's Reptile direction ``theta - phi``. ``query`` is not used."""
+        start = {k: v.detach() for k, v in params.items()}
+        adapted = self.adapt(start, support, self.inner_steps, ctx)
+        phi = {k: v.detach() for k, v in adapted.params.items()}
+        lead = 1 if ctx.fused else 0
+        squared = sum((params[k] - phi[k]).pow(2).flatten(lead).sum(-1) for k in params)
+        metrics = dict(adapted.metrics)
+        metrics["reptile_step"] = squared.detach().sqrt()
+        if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
+            out = self.forward(phi, support.x, ctx)
+            metrics["inner_loss_after"] = self.per_task(self.loss_fn, out, support.y,
+                                                        ctx).detach()
+            if self.classification:
+                metrics["support_accuracy"] = self.per_task(accuracy, out, support.y,
+                                                            ctx).detach()
+        return squared / 2, metrics
+
+    def shuffled(self, batch: TaskBatch) -> TaskBatch:
+        """The batch with each task's support set in a new random order (torch's generator,
+        saved with the run), so that minibatches taken in turn are drawn without
+        replacement; unchanged where a step takes the whole support set."""
+        n, size = batch.support_x.shape[1], self.cfg.inner_batch
+        if size is None or size >= n:
+            return batch
+        order = torch.rand(len(batch), n).argsort(dim=1).to(batch.support_x.device)
+        rows = torch.arange(len(batch), device=order.device).unsqueeze(1)
+        return dataclasses.replace(batch, support_x=batch.support_x[rows, order],
+                                   support_y=batch.support_y[rows, order])
+
+    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
+                  optimizer: torch.optim.Optimizer) -> Metrics:
+        """theta <- theta + eps * mean_i (phi_i - theta) (with ``meta_optimizer: sgd``); the
+        query sets are never read."""
+        surrogate, metrics = self.meta_loss(self.shuffled(batch), path, progress)
+        optimizer.zero_grad(set_to_none=True)
+        surrogate.backward()  # every parameter's grad is theta - mean_i phi_i
+        optimizer.step()
+        if "inner_loss_after" in metrics:
+            metrics["loss"] = metrics.pop("inner_loss_after")
+        return metrics
+
+    def configure_scheduler(self, optimizer: torch.optim.Optimizer, total: int
+                            ) -> torch.optim.lr_scheduler.LRScheduler:
+        """eps from ``meta_lr`` at the first iteration linearly towards ``meta_lr_final``
+        at the end of ``total`` (the reference code's ``frac_done`` schedule)."""
+        drop = 1.0 - self.cfg.meta_lr_final / self.cfg.meta_lr
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: 1.0 - drop * min(i, total) / total)
