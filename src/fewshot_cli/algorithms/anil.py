@@ -34,7 +34,7 @@ from torch.func import functional_call, grad_and_value
 
 from ..config import ANILConfig
 from ..tasks.base import TaskSource
-from .base import Algorithm, Context, Metrics, Params, Path, Query, Support, accuracy
+from .base import Algorithm, Context, Metrics, Params, Path, Query, Support
 
 
 class _Method(nn.Module):
@@ -122,11 +122,11 @@ class ANIL(Algorithm):
         head = {k: adapted.params[k] for k in self.head_names}
         out = self.head(head, self.features(params, query.x, ctx), ctx)
         loss = self.per_task(self.loss_fn, out, query.y, ctx)
-        metrics = dict(adapted.metrics)
-        if ctx.progress is None or ctx.progress.logged:  # the head alone: no body pass
-            after = {k: v.detach() for k, v in head.items()}
-            metrics["inner_loss_after"] = self.head_loss(after, adapted.state.detach(),
-                                                         support.y, ctx).detach()
-        if self.classification:
-            metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
-        return loss, metrics
+        return loss, self.outcome_metrics(adapted, support, query, out, ctx)
+
+    def after_adaptation(self, params: Params, state: torch.Tensor, support: Support,
+                         ctx: Context) -> Metrics:
+        """The support loss after the last step, from the head alone (no body pass)."""
+        head = {k: params[k] for k in self.head_names}
+        return {"inner_loss_after": self.head_loss(head, state.detach(), support.y,
+                                                   ctx).detach()}

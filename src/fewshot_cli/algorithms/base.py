@@ -282,8 +282,36 @@ class Algorithm(nn.Module):
     def task_objective(self, params: Params, support: Support, query: Query,
                        ctx: Context) -> tuple[torch.Tensor, Metrics]:
         """Meta-training loss of one task (``[B]`` when fused) and named metrics,
-        each a scalar or a per-step vector per task."""
-        raise NotImplementedError
+        each a scalar or a per-step vector per task.
+
+        The default is MAML's objective, shared by the algorithms that differ only in
+        their inner step: adapt for ``inner_steps`` on the support set, then the task
+        loss on the queries (:meth:`outcome_metrics` for the metrics).
+        """
+        adapted = self.adapt(params, support, self.inner_steps, ctx)
+        out = self.forward(adapted.params, query.x, ctx)
+        loss = self.per_task(self.loss_fn, out, query.y, ctx)
+        return loss, self.outcome_metrics(adapted, support, query, out, ctx)
+
+    def outcome_metrics(self, adapted: Adapted, support: Support, query: Query,
+                        out: torch.Tensor, ctx: Context) -> Metrics:
+        """The adaptation's own metrics, :meth:`after_adaptation` on logged iterations
+        (it may cost a forward pass) and, for classification, the query ``accuracy``
+        of ``out``."""
+        metrics = dict(adapted.metrics)
+        if ctx.progress is None or ctx.progress.logged:
+            after = {k: v.detach() for k, v in adapted.params.items()}
+            metrics.update(self.after_adaptation(after, adapted.state, support, ctx))
+        if self.classification:
+            metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
+        return metrics
+
+    def after_adaptation(self, params: Params, state: Any, support: Support,
+                         ctx: Context) -> Metrics:
+        """Metrics of the adapted (detached) parameters on the support set:
+        ``inner_loss_after``, the support loss after the last step."""
+        return {"inner_loss_after": self.task_loss(params, support.x, support.y,
+                                                   ctx).detach()}
 
     def meta_loss(self, batch: TaskBatch, path: Path, progress: Progress
                   ) -> tuple[torch.Tensor, Metrics]:

@@ -32,7 +32,7 @@ from torch.func import grad_and_value
 from ..config import DAMLConfig
 from ..models.mlp import MLP
 from ..tasks.base import TaskSource
-from .base import Algorithm, Context, Metrics, Params, Query, Support, accuracy
+from .base import Algorithm, Context, Metrics, Params, Support
 
 
 class DAML(Algorithm):
@@ -116,16 +116,8 @@ class DAML(Algorithm):
         return new, None, {"learned_loss": loss.detach(), "loss_net_output": raw.detach()}
 
     # -- the outer objective ------------------------------------------------------------
-    def task_objective(self, params: Params, support: Support, query: Query,
-                       ctx: Context) -> tuple[torch.Tensor, Metrics]:
-        adapted = self.adapt(params, support, self.inner_steps, ctx)
-        out = self.forward(adapted.params, query.x, ctx)
-        loss = self.per_task(self.loss_fn, out, query.y, ctx)
-        metrics = dict(adapted.metrics)
-        if ctx.progress is None or ctx.progress.logged:
-            after = {k: v.detach() for k, v in adapted.params.items()}
-            x, obs = self._points(support, self.inner_steps, ctx)
-            metrics["learned_loss_after"] = self.learned_loss(after, x, obs, ctx)[0].detach()
-        if self.classification:
-            metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
-        return loss, metrics
+    def after_adaptation(self, params: Params, state: None, support: Support,
+                         ctx: Context) -> Metrics:
+        """The learned loss after the last step (on the next step's points)."""
+        x, obs = self._points(support, self.inner_steps, ctx)
+        return {"learned_loss_after": self.learned_loss(params, x, obs, ctx)[0].detach()}

@@ -68,7 +68,7 @@ from torch.func import functional_call, grad_and_value
 from ..config import AlgorithmSection
 from ..errors import ConfigError
 from ..tasks.base import TaskBatch, TaskSource
-from .base import Algorithm, Context, Metrics, Params, Path, Progress, Query, Support, accuracy
+from .base import Algorithm, Context, Metrics, Params, Path, Progress, Query, Support
 
 #: MSL: the floor of every weight but the last is this over S (the code's
 #: ``min_value_for_non_final_losses``).
@@ -254,13 +254,7 @@ class MAML(Algorithm):
             metrics["query_loss_steps"] = torch.stack(losses, dim=-1).detach()
         if collect:
             metrics[BN_STATS] = self._pass_statistics(adapted.state, query_stats)
-        if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
-            after = {k: v.detach() for k, v in adapted.params.items()}
-            metrics["inner_loss_after"] = self.task_loss(after, support.x, support.y,
-                                                         ctx).detach()
-        if self.classification:
-            metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
-        return loss, metrics
+        return loss, {**metrics, **self.outcome_metrics(adapted, support, query, out, ctx)}
 
     def _pass_statistics(self, support: tuple[torch.Tensor, ...],
                          query: list[torch.Tensor]) -> torch.Tensor:

@@ -74,9 +74,7 @@ from .base import (
     Params,
     Path,
     Progress,
-    Query,
     Support,
-    accuracy,
 )
 
 #: Every meta-learner weight but the gate biases starts in U(-INIT_SCALE, INIT_SCALE)
@@ -262,19 +260,6 @@ class MetaLSTM(Algorithm):
         return out
 
     # -- the outer objective and the meta-update ----------------------------------------------
-    def task_objective(self, params: Params, support: Support, query: Query,
-                       ctx: Context) -> tuple[torch.Tensor, Metrics]:
-        adapted = self.adapt(params, support, self.inner_steps, ctx)
-        out = self.forward(adapted.params, query.x, ctx)
-        loss = self.per_task(self.loss_fn, out, query.y, ctx)
-        metrics = dict(adapted.metrics)
-        if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
-            after = {k: v.detach() for k, v in adapted.params.items()}
-            metrics["inner_loss_after"] = self.task_loss(after, support.x, support.y,
-                                                         ctx).detach()
-        if self.classification:
-            metrics["accuracy"] = self.per_task(accuracy, out, query.y, ctx).detach()
-        return loss, metrics
 
     def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
                   optimizer: torch.optim.Optimizer) -> Metrics:
