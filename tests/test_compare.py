@@ -46,7 +46,7 @@ def test_compare_puts_runs_in_one_table_and_one_figure(runs: dict[str, Path],
     r = runner.invoke(app, ["compare", str(runs["maml"]), str(runs["fomaml"]), "-o", str(fig)])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    for name, algo in (("maml", "maml"), ("fomaml", "first-order maml")):
+    for name, algo in (("maml", "maml"), ("fomaml", "fomaml")):
         row = next(x for x in lines if f" {name} " in x)
         assert algo in row and "10/3" in row and " 10 " in row  # K/steps, iterations
         mean = json.loads((runs[name] / "eval.json").read_text())["per_step"][3]["loss"]["mean"]
@@ -86,7 +86,7 @@ def test_ls_lists_one_line_per_run(runs: dict[str, Path]) -> None:
     assert r.exit_code == 0, r.output
     rows = {x.split()[0]: x for x in r.output.splitlines() if x.strip()}
     assert set(rows) >= {"maml", "fomaml", "pretrain"} and "not-a-run" not in rows
-    assert "first-order maml" in rows["fomaml"] and "sinusoid" in rows["maml"]
+    assert "fomaml" in rows["fomaml"] and "sinusoid" in rows["maml"]
     assert "completed" in rows["pretrain"] and " 10 " in rows["pretrain"]
     metrics = [json.loads(x) for x in (runs["maml"] / "metrics.jsonl").read_text().splitlines()]
     best = min(m["val_loss_median"] for m in metrics if "val_loss_median" in m)

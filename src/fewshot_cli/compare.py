@@ -56,9 +56,13 @@ def _training(run: RunDir) -> tuple[int | None, float | None]:
 
 
 def algorithm_label(cfg: Any) -> str:
-    """``maml``, ``first-order maml``, ``daml``, ... as a config names it."""
+    """``maml``, ``fomaml``, ``maml++`` (MAML with any MAML++ option on), ``daml``, ... as
+    a config names it."""
     algo = cfg.algorithm
-    return ("first-order " if getattr(algo, "first_order", False) else "") + algo.kind
+    off = getattr(type(algo), "OPTIONS_OFF", {})
+    if any(getattr(algo, k, v) != v for k, v in off.items()):
+        return algo.kind + "++"
+    return ("fo" if getattr(algo, "first_order", False) else "") + algo.kind
 
 
 def gather(paths: list[str]) -> tuple[list[Entry], list[str]]:
