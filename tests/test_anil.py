@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import invoke, sets
 from image_fixtures import make_omniglot
 from PIL import Image
-from typer.testing import CliRunner
 
 from fewshot_cli.algorithms import Context, Progress, Support
 from fewshot_cli.algorithms.anil import ANIL
 from fewshot_cli.algorithms.maml import MAML
-from fewshot_cli.cli import app
 from fewshot_cli.config import ANILConfig, MAMLConfig, SinusoidTask, load_config
 from fewshot_cli.models import MLP, Conv4
 from fewshot_cli.tasks.base import TaskBatch, TaskShape
@@ -26,7 +25,6 @@ from fewshot_cli.tasks.sinusoid import SinusoidTasks
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SINE_SHAPE = TaskShape("regression", (1,), 1)
 EVAL = Context(training=False)
-runner = CliRunner()
 
 
 class HeadOnlyMAML(MAML):
@@ -287,16 +285,6 @@ def test_conv4_fused_and_vmap_equal_loop_in_float64(strided: bool, first_order: 
 
 
 # ----------------------------------------------------------------------------- end to end
-def invoke(*args: str) -> str:
-    r = runner.invoke(app, list(args))
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def sets(**values: object) -> list[str]:
-    return [x for k, v in values.items() for x in ("--set", f"{k.replace('__', '.')}={v}")]
-
-
 def test_cli_omniglot_fixture_train_eval_plot(tmp_path: Path) -> None:
     data = make_omniglot(tmp_path / "data", background=(2, 5), evaluation=(2, 4), drawers=3)
     run = tmp_path / "omniglot"

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_helpers import invoke, runner, sets
 from image_fixtures import make_image_folder, make_miniimagenet
 from PIL import Image
-from typer.testing import CliRunner
 
 from fewshot_cli.cli import app
 
@@ -19,17 +19,6 @@ REAL_OMNIGLOT = Path(
     os.environ.get("FEWSHOT_OMNIGLOT")
     or Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 )
-runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    r = runner.invoke(app, list(args))
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def sets(**values: object) -> list[str]:
-    return [x for k, v in values.items() for x in ("--set", f"{k.replace('__', '.')}={v}")]
 
 
 def test_short_omniglot_maml_run_learns(tmp_path: Path) -> None:

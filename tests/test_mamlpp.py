@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,27 +14,24 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import invoke, runner, sets
 from image_fixtures import make_omniglot
-from typer.testing import CliRunner
+from resume_helpers import interrupted_and_resumed_equals_uninterrupted
 
 from fewshot_cli.algorithms import Algorithm, Context, Progress, Support, algorithm_class
 from fewshot_cli.algorithms.base import Metrics, Params, Query, accuracy
 from fewshot_cli.algorithms.maml import MAML, lr_key, msl_weights
 from fewshot_cli.cli import app
 from fewshot_cli.config import MAMLConfig, load_config, validate
-from fewshot_cli.engine import checkpoint
 from fewshot_cli.engine.setup import build_experiment
-from fewshot_cli.engine.trainer import StopSignals, train
 from fewshot_cli.errors import ConfigError
 from fewshot_cli.models import MLP, Conv4
-from fewshot_cli.rundir import RunDir
 from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SINE_SHAPE = TaskShape("regression", (1,), 1)
 WAYS, SIZE = 5, 16
 IMAGES = TaskShape("classification", (1, SIZE, SIZE), WAYS)
-runner = CliRunner()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -517,16 +513,6 @@ def test_config_holds_the_papers_settings() -> None:
     assert (cfg.task.shots, cfg.task.queries, cfg.eval.steps) == (1, 1, 5)
 
 
-def invoke(*args: str) -> str:
-    r = runner.invoke(app, list(args))
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def sets(**values: object) -> list[str]:
-    return [x for k, v in values.items() for x in ("--set", f"{k.replace('__', '.')}={v}")]
-
-
 def test_cli_omniglot_fixture_train_eval_plot(tmp_path: Path) -> None:
     data = make_omniglot(tmp_path / "data", background=(2, 5), evaluation=(2, 4), drawers=3)
     run = tmp_path / "mamlpp"
@@ -550,45 +536,6 @@ def test_cli_omniglot_fixture_train_eval_plot(tmp_path: Path) -> None:
     assert refused.exit_code != 0 and "learns its step sizes" in refused.output
     invoke("plot", str(run))
     assert (run / "plots" / "metrics.png").stat().st_size > 0
-
-
-class StopAfter(StopSignals):
-    """A stop request (as SIGINT) once ``iterations`` iterations have run."""
-
-    def __init__(self, iterations: int) -> None:
-        super().__init__()
-        self.checks = iterations + 1
-
-    @property
-    def requested(self) -> bool:  # type: ignore[override]
-        self.checks -= 1
-        if self.checks <= 0:
-            self.signum = signal.SIGINT
-        return self.checks <= 0
-
-
-def interrupted_and_resumed_equals_uninterrupted(cfg: Any, tmp_path: Path, path: str) -> None:
-    """Train ``cfg`` straight through, and again stopped half-way then resumed from
-    ``last.pt``: every parameter, buffer, and the optimiser's state end identical."""
-    finals = []
-    for name, stop in (("straight", StopSignals()), ("stopped", StopAfter(2))):
-        exp = build_experiment(cfg, torch.device("cpu"))
-        run = RunDir(tmp_path / name)
-        run.path.mkdir()
-        run.write_config(cfg)
-        outcome = train(exp, run, path, stop=stop, show_progress=False)
-        if name == "stopped":
-            assert outcome.status == "interrupted" and outcome.iteration == 2
-            exp = build_experiment(cfg, torch.device("cpu"))
-            state = checkpoint.load(run.checkpoint_path("last"))
-            outcome = train(exp, run, path, stop=StopSignals(), resume=state, show_progress=False)
-        assert outcome.status == "completed"
-        finals.append(checkpoint.load(run.checkpoint_path("last")))
-    a, b = finals
-    assert a["algorithm"].keys() == b["algorithm"].keys()
-    assert all(torch.equal(a["algorithm"][k], b["algorithm"][k]) for k in a["algorithm"])
-    assert a["scheduler"] == b["scheduler"]
-    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
 
 
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import invoke, runner, sets
 from image_fixtures import make_miniimagenet
 from PIL import Image
 from torch.func import functional_call
-from typer.testing import CliRunner
 
 from fewshot_cli.algorithms import Context, Progress, Support
 from fewshot_cli.algorithms.maml import MAML
@@ -33,7 +33,6 @@ REAL_OMNIGLOT = Path(
 )
 SINE_SHAPE = TaskShape("regression", (1,), 1)
 EVAL = Context(training=False)
-runner = CliRunner()
 
 
 def sine_setup(steps: int = 3, inner_batch: int | None = None, hidden: list[int] | None = None,
@@ -369,16 +368,6 @@ def test_sgd_reference_starts_from_the_learned_init_and_picks_the_best_lr() -> N
 
 
 # ----------------------------------------------------------------------------- the CLI
-def invoke(*args: str) -> str:
-    r = runner.invoke(app, list(args))
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def sets(**values: object) -> list[str]:
-    return [x for k, v in values.items() for x in ("--set", f"{k.replace('__', '.')}={v}")]
-
-
 def check_eval_and_plots(run: Path, steps: int) -> dict:
     data = json.loads((run / "eval.json").read_text())
     own, ref = [r for r in data["results"] if not r["baseline"]], [

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import invoke, runner, sets
 from image_fixtures import make_omniglot
 from PIL import Image
-from typer.testing import CliRunner
 
 from fewshot_cli.algorithms import Context, Progress, Support
 from fewshot_cli.algorithms.metasgd import MetaSGD, lr_key
@@ -26,7 +26,6 @@ from fewshot_cli.tasks.sinusoid import SinusoidTasks
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SINE_SHAPE = TaskShape("regression", (1,), 1)
 EVAL = Context(training=False)
-runner = CliRunner()
 
 
 def sine_setup(steps: int = 1, first_order: bool = False, seed: int = 0, tasks: int = 3):
@@ -247,16 +246,6 @@ def test_conv4_fused_and_vmap_equal_loop_in_float64(strided: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
-def invoke(*args: str) -> str:
-    r = runner.invoke(app, list(args))
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def sets(**values: object) -> list[str]:
-    return [x for k, v in values.items() for x in ("--set", f"{k.replace('__', '.')}={v}")]
-
-
 def test_cli_sine_train_eval_plot_and_inner_lr_refused(tmp_path: Path) -> None:
     run = tmp_path / "sine"
     invoke("train", str(CONFIGS / "sine-metasgd.yaml"), "--run-dir", str(run), "--no-progress",
