@@ -5,15 +5,7 @@
 #
 #   OMNIGLOT_TGZ=.gpu/omniglot.tgz MINUTES=5 bash benchmarks/gpu_family.sh OUT_DIR
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?output folder}
-mkdir -p "$out"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export FEWSHOT_CACHE=/tmp/fewshot-cache
-data=/tmp/omniglot-data
-mkdir -p "$data" && tar xzf "$OMNIGLOT_TGZ" -C "$data"
-root="$data/omniglot"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+source "$(dirname "$0")/gpu_setup.sh"
 python3 benchmarks/omniglot_maml.py --config configs/omniglot-5w1s-mamlpp.yaml \
   --minutes "${MINUTES:-5}" --device cuda --root "$root" --val-every 250 \
   --work /tmp/fewshot-runs --out "$out/mamlpp.md"

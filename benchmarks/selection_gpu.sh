@@ -5,15 +5,7 @@
 #
 #   OMNIGLOT_TGZ=.gpu/omniglot.tgz bash benchmarks/selection_gpu.sh OUT_DIR
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?output folder}
-mkdir -p "$out"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export FEWSHOT_CACHE=/tmp/fewshot-cache
-data=/tmp/omniglot-data
-mkdir -p "$data" && tar xzf "$OMNIGLOT_TGZ" -C "$data"
-root="$data/omniglot"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+source "$(dirname "$0")/gpu_setup.sh"
 run() {  # name config iterations every shots steps
   timeout "${CAP:-400}" python3 benchmarks/selection.py --config "configs/$2" --device cuda \
     --every "$4" --shots "$5" --steps "$6" --out "$out/$1.md" \
