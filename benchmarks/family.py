@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--sine-seconds", type=float, default=180.0)
     ap.add_argument("--omniglot-seconds", type=float, default=300.0)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--omniglot-tasks", type=int, default=600,
+                    help="Omniglot test tasks (the meta-LSTM's evaluation is slow on a CPU)")
     ap.add_argument("--root", help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
@@ -153,13 +155,14 @@ def main() -> None:
         for family in parts:
             runs = [root / f"{family}-{m}" for m in methods
                     if (root / f"{family}-{m}" / "meta.json").exists()]
+            tasks = "600" if family == "sine" else str(args.omniglot_tasks)
             for run in runs:
-                fewshot("eval", str(run), "--checkpoint", "last", "--tasks", "600",
+                fewshot("eval", str(run), "--checkpoint", "last", "--tasks", tasks,
                         *EVAL[family])
             seconds = args.sine_seconds if family == "sine" else args.omniglot_seconds
             table = fewshot("compare", *map(str, runs), "-o", str(tmp / f"{family}.png"))
             lines += [f"### {family}: {seconds:g} s of training per method", "",
-                      f"Evaluation: `fewshot eval RUN --checkpoint last --tasks 600 "
+                      f"Evaluation: `fewshot eval RUN --checkpoint last --tasks {tasks} "
                       f"{' '.join(EVAL[family])}`; the table is `fewshot compare`'s.", "",
                       "```", str(table).rstrip(), "```", ""]
     text = "\n".join(lines)
