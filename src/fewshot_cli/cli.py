@@ -21,7 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    help="Optimization-based few-shot meta-learning experiments: MAML, FOMAML and baselines.",
+    help=("Optimization-based few-shot meta-learning: MAML and MAML++, Meta-SGD, ANIL, "
+          "Reptile, DAML, the LSTM meta-learner."),
 )
 out = Console()
 err = Console(stderr=True)
@@ -41,7 +42,8 @@ def _main(
         "--version", metavar="", is_eager=True, callback=_version,
         help="Print the version and exit.")] = False,
 ) -> None:
-    """Optimization-based few-shot meta-learning experiments: MAML, FOMAML and baselines."""
+    """Optimization-based few-shot meta-learning: MAML and MAML++, Meta-SGD, ANIL, Reptile,
+    DAML, the LSTM meta-learner."""
 
 
 def _fail(e: FewshotError) -> typer.Exit:
