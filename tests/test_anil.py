@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import invoke, sets
-from image_fixtures import make_omniglot
+from cli_helpers import invoke, train_omniglot_fixture
 from PIL import Image
 
 from fewshot_cli.algorithms import Context, Progress, Support
@@ -286,15 +285,7 @@ def test_conv4_fused_and_vmap_equal_loop_in_float64(strided: bool, first_order: 
 
 # ----------------------------------------------------------------------------- end to end
 def test_cli_omniglot_fixture_train_eval_plot(tmp_path: Path) -> None:
-    data = make_omniglot(tmp_path / "data", background=(2, 5), evaluation=(2, 4), drawers=3)
-    run = tmp_path / "omniglot"
-    invoke("train", str(CONFIGS / "omniglot-5w1s-anil.yaml"), "--run-dir", str(run),
-           "--no-progress",
-           *sets(task__root=data, task__cache_dir=tmp_path / "cache", task__train_classes=13,
-                 task__val_classes=5, train__iterations=4, train__val_every=2,
-                 train__val_tasks=3, train__log_every=2, train__checkpoint_every=2,
-                 algorithm__meta_batch=2, model__filters=4, train__vectorize="fused",
-                 device="cpu"))
+    run = train_omniglot_fixture(tmp_path, CONFIGS / "omniglot-5w1s-anil.yaml")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "val_accuracy" in r] == [2, 4]
     assert all({"accuracy", "inner_loss", "inner_loss_after"} <= set(r)

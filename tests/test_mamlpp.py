@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_helpers import invoke, runner, sets
-from image_fixtures import make_omniglot
+from cli_helpers import invoke, runner, train_omniglot_fixture
 from resume_helpers import interrupted_and_resumed_equals_uninterrupted
 
 from fewshot_cli.algorithms import Algorithm, Context, Progress, Support, algorithm_class
@@ -197,7 +196,7 @@ def test_all_options_off_is_exactly_todays_maml(net: str) -> None:
     algo = make()
     today = TodaysMAML(make().model, algo.cfg, SINE_SHAPE if net == "mlp" else IMAGES)
     assert list(algo.state_dict()) == ["model." + k for k in today.model.state_dict()]
-    assert algo.params().keys() == today.params().keys() and algo.uses_inner_lr
+    assert algo.params().keys() == today.params().keys() and not algo.learned_step_sizes
     for path in algo.available_paths:
         a_loss, a_grads, a_metrics = meta_grads(algo, batch, path, Progress(1, 1))
         b_loss, b_grads, b_metrics = meta_grads(today, batch, path, Progress(1, 1))
@@ -310,7 +309,7 @@ def test_lslr_steps_with_learned_per_tensor_per_step_rates_that_learn() -> None:
             q = task_loss(hand_net(fast, batch.query_x[t], False), batch.query_y[t])
             assert abs(curve[t, s + 1, 0].item() - q.item()) < 1e-12
     # the step sizes are learned: inner_lr is their start only, eval --inner-lr is refused
-    assert not algo.uses_inner_lr and algorithm_class("maml").learns_step_sizes(algo.cfg)
+    assert algo.learned_step_sizes and algorithm_class("maml").learns_step_sizes(algo.cfg)
     assert not algorithm_class("maml").learns_step_sizes(MAMLConfig())
 
 
@@ -514,16 +513,9 @@ def test_config_holds_the_papers_settings() -> None:
 
 
 def test_cli_omniglot_fixture_train_eval_plot(tmp_path: Path) -> None:
-    data = make_omniglot(tmp_path / "data", background=(2, 5), evaluation=(2, 4), drawers=3)
-    run = tmp_path / "mamlpp"
-    invoke("train", str(CONFIGS / "omniglot-5w1s-mamlpp.yaml"), "--run-dir", str(run),
-           "--no-progress",
-           *sets(task__root=data, task__cache_dir=tmp_path / "cache", task__train_classes=13,
-                 task__val_classes=5, train__iterations=4, train__val_every=2,
-                 train__val_tasks=3, train__log_every=2, train__checkpoint_every=2,
-                 algorithm__meta_batch=2, algorithm__inner_steps=2,
-                 algorithm__eval_inner_steps=2, algorithm__msl_iterations=2,
-                 model__filters=4, train__vectorize="fused", device="cpu"))
+    run = train_omniglot_fixture(tmp_path, CONFIGS / "omniglot-5w1s-mamlpp.yaml", "mamlpp",
+                                 algorithm__inner_steps=2, algorithm__eval_inner_steps=2,
+                                 algorithm__msl_iterations=2)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "val_accuracy" in r] == [2, 4]
     train_rows = [r for r in rows if "loss" in r]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import invoke, sets
-from image_fixtures import make_omniglot
+from cli_helpers import invoke, sets, train_omniglot_fixture
 from resume_helpers import interrupted_and_resumed_equals_uninterrupted
 
 from fewshot_cli.algorithms import Context, Progress, Support
@@ -283,16 +282,9 @@ def test_cli_sine_train_eval_plot(tmp_path: Path) -> None:
 
 
 def test_cli_omniglot_fixture_train_eval_plot(tmp_path: Path) -> None:
-    data = make_omniglot(tmp_path / "data", background=(2, 5), evaluation=(2, 4), drawers=4)
-    run = tmp_path / "omniglot"
-    invoke("train", str(CONFIGS / "omniglot-5w1s-reptile.yaml"), "--run-dir", str(run),
-           "--no-progress",
-           *sets(task__root=data, task__cache_dir=tmp_path / "cache", task__train_classes=13,
-                 task__val_classes=5, task__shots=3, algorithm__inner_batch=5,
-                 algorithm__eval_inner_steps=3, train__iterations=4, train__val_every=2,
-                 train__val_tasks=3, train__log_every=2, train__checkpoint_every=2,
-                 algorithm__meta_batch=2, model__filters=4, train__vectorize="fused",
-                 device="cpu"))
+    run = train_omniglot_fixture(tmp_path, CONFIGS / "omniglot-5w1s-reptile.yaml", drawers=4,
+                                 task__shots=3, algorithm__inner_batch=5,
+                                 algorithm__eval_inner_steps=3)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "val_accuracy" in r] == [2, 4]
     assert all("support_accuracy" in r for r in rows if "loss" in r)

@@ -522,7 +522,7 @@ def _phase_text(phase: float) -> str:
 
 
 def _step_size(algo: Any) -> str:
-    return f"inner lr {algo.inner_lr:g}" if algo.uses_inner_lr else "learned step sizes"
+    return "learned step sizes" if algo.learned_step_sizes else f"inner lr {algo.inner_lr:g}"
 
 
 def _draw_support(ax: plt.Axes, batch: TaskBatch, i: int, demonstration: bool) -> None:
@@ -703,8 +703,8 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
     exp, _ = load_experiment(run, checkpoint, device="cpu")
     if baseline is not None:
         base = (baseline, load_experiment(baseline, checkpoint, device="cpu",
-                                          inner_lr=cfg.algorithm.inner_lr
-                                          if exp.algo.uses_inner_lr else None)[0])
+                                          inner_lr=None if exp.algo.learned_step_sizes
+                                          else cfg.algorithm.inner_lr)[0])
     results = run.read_results()
     written: list[Path | None] = [plot_loss(run, rows, cfg, fmt),
                                   plot_metrics(run, rows, cfg, fmt),
@@ -715,9 +715,8 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
                    if cfg.problem == "regression"
                    else plot_episode(run, exp, fmt, shots, steps, seed))
     if results:
-        written.append(plot_adaptation(run, results, cfg, fmt))
-    if results and cfg.algorithm.kind == "meta_lstm":
         from .plot_gates import plot_gates  # here: plot_gates imports this module
 
-        written.append(plot_gates(run, results, cfg, fmt))
+        written.append(plot_adaptation(run, results, cfg, fmt))
+        written.append(plot_gates(run, results, cfg, fmt))  # None without gate statistics
     return [p for p in written if p is not None]

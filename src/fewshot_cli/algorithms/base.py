@@ -187,6 +187,11 @@ class Algorithm(nn.Module):
         unless a config option decides it (MAML's ``learned_inner_lrs``)."""
         return not cls.uses_inner_lr
 
+    @property
+    def learned_step_sizes(self) -> bool:
+        """:meth:`learns_step_sizes` of this instance's config: ``inner_lr`` means nothing."""
+        return self.learns_step_sizes(self.cfg)
+
     def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource) -> None:
         """``task`` describes the tasks (``problem``, ``input_shape``, ``output_dim``),
         for algorithms that size extra meta-parameters from them."""

@@ -136,7 +136,6 @@ class MAML(Algorithm):
             self.inner_lrs = nn.ParameterDict({
                 lr_key(n): nn.Parameter(weights[n].new_full((self.inner_steps,), cfg.inner_lr))
                 for n in self.adapted})
-        self.uses_inner_lr = not self.learns_step_sizes(cfg)  # type: ignore[misc]
 
     @classmethod
     def learns_step_sizes(cls, cfg: AlgorithmSection) -> bool:

@@ -273,7 +273,7 @@ def _result(m: _Model, cfg: Config, settings: EvalConfig, curve: torch.Tensor, s
         "settings": {
             "tasks": settings.tasks, "steps": steps, "shots": shots, "queries": queries,
             "ways": getattr(cfg.task, "ways", None), "seed": settings.seed,
-            "inner_lr": m.exp.algo.inner_lr if m.exp.algo.uses_inner_lr else None,
+            "inner_lr": None if m.exp.algo.learned_step_sizes else m.exp.algo.inner_lr,
             "split": "test", "loss": algo.loss,
             "query_batch": settings.query_batch if classification else "all",
             "protocol": _protocol(classification, settings.query_batch, queries, cfg),
