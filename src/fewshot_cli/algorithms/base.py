@@ -39,6 +39,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
 from ..config import AlgorithmSection
+from ..engine.distributed import Sync
 from ..tasks.base import TaskBatch, TaskSource
 
 Params = dict[str, torch.Tensor]
@@ -202,6 +203,8 @@ class Algorithm(nn.Module):
         self.classification = task.problem == "classification"
         self.inner_lr = cfg.inner_lr
         self.inner_steps = cfg.inner_steps
+        #: The process group of a distributed run (one process by default); set by the engine.
+        self.sync = Sync()
 
     # -- the network, functionally ---------------------------------------------
     def params(self) -> Params:
@@ -345,9 +348,16 @@ class Algorithm(nn.Module):
         """
         loss, metrics = self.meta_loss(batch, path, progress)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.meta_backward(loss)
         optimizer.step()
         return {"loss": loss.detach(), **metrics}
+
+    def meta_backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, then the meta-gradients averaged over the processes of a
+        distributed run (:attr:`sync`). Every ``meta_step`` takes its gradients through
+        here, before it reads or clips them."""
+        loss.backward()
+        self.sync.gradients(self)
 
     # -- evaluation ------------------------------------------------------------------
     def query_metrics(self, params: Params, query: Query, ctx: Context,

@@ -267,7 +267,7 @@ class MetaLSTM(Algorithm):
         learner's initial parameters included), as the reference code does."""
         loss, metrics = self.meta_loss(batch, path, progress)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.meta_backward(loss)
         clip = self.cfg.grad_clip
         norm = nn.utils.clip_grad_norm_(self.parameters(), math.inf if clip is None else clip)
         optimizer.step()

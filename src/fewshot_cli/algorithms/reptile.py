@@ -129,7 +129,7 @@ class Reptile(Algorithm):
         query sets are never read."""
         surrogate, metrics = self.meta_loss(self.shuffled(batch), path, progress)
         optimizer.zero_grad(set_to_none=True)
-        surrogate.backward()  # every parameter's grad is theta - mean_i phi_i
+        self.meta_backward(surrogate)  # every parameter's grad is theta - mean_i phi_i
         optimizer.step()
         if "inner_loss_after" in metrics:
             metrics["loss"] = metrics.pop("inner_loss_after")

@@ -1,0 +1,157 @@
+"""Meta-training across processes: ``torchrun`` starts them, ``torch.distributed`` joins them.
+
+One run, N processes (ranks). Each rank samples its share of the meta-batch from its
+own task generator (seeded from the run's seed and the rank), adapts its tasks and
+back-propagates its share of the outer loss; the meta-gradients are then summed across
+ranks, each rank's weighted by its share of the meta-batch, in one explicit all-reduce
+of one flat buffer (:meth:`Sync.gradients`), so every rank takes the same meta-update
+and the parameters stay identical without ever being broadcast again.
+
+Why not ``DistributedDataParallel``: its reducer hooks the parameters' ``.grad``
+accumulation of one ``backward`` of one ``forward``. Here the parameters reach the loss
+through ``torch.func`` transforms of a functional inner loop, some algorithms take
+several backward-like passes or none (Reptile's meta-update is not a loss gradient,
+the meta-LSTM clips the global gradient norm, which must be the norm of the *averaged*
+gradient), and the batch-norm statistics of MAML++ are buffers that need an average of
+their own. One all-reduce after ``backward`` covers every algorithm with a line in the
+base class, is easy to test for equality with one process, and costs the same bytes.
+
+Only rank 0 writes the run directory. Everything that decides the numbers (the
+batching path, thread count, what stops the run) is decided once on rank 0 or agreed
+on through a collective; no collective waits longer than ``train.dist_timeout``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+#: Added to the seed of rank r > 0's task generator and torch RNG, times r (rank 0 keeps
+#: the run's seed, so a one-process run samples exactly as before).
+RANK_SEED_STRIDE = 7_919_000_003
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random streams, in int64."""
+    return (seed + rank * RANK_SEED_STRIDE) % 2**63
+
+
+def share(total: int, rank: int, world: int) -> int:
+    """How many of ``total`` tasks rank ``rank`` of ``world`` samples (the first
+    ``total % world`` ranks take one more)."""
+    return total // world + (1 if rank < total % world else 0)
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@dataclass
+class Sync:
+    """What an algorithm and the trainer need of the process group. The default is one
+    process: every method is the identity."""
+
+    rank: int = 0
+    world: int = 1
+    weight: float = 1.0  # this rank's share of the meta-batch, over the meta-batch
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def gradients(self, module: nn.Module) -> None:
+        """Replace every parameter's ``.grad`` by the meta-batch-weighted sum over ranks
+        (one all-reduce of one flat buffer). A parameter without a gradient counts as
+        zero; it keeps ``None`` if no rank gave it one."""
+        if not self.active:
+            return
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            return
+        present = torch.tensor([0.0 if p.grad is None else 1.0 for p in params])
+        flat = torch.cat([present.to(params[0].device, params[0].dtype)] + [
+            (torch.zeros_like(p) if p.grad is None else p.grad * self.weight).flatten()
+            for p in params])
+        dist.all_reduce(flat)
+        seen, offset = flat[:len(params)], len(params)
+        for i, p in enumerate(params):
+            n = p.numel()
+            if seen[i] > 0:
+                p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def mean(self, tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor's meta-batch-weighted mean over ranks (one all-reduce)."""
+        tensors = list(tensors)
+        if not self.active or not tensors:
+            return tensors
+        shapes = [t.shape for t in tensors]
+        ref = tensors[0]
+        flat = torch.cat([t.detach().to(ref.device, torch.float64).flatten() * self.weight
+                          for t in tensors])
+        dist.all_reduce(flat)
+        out, offset = [], 0
+        for t, shape in zip(tensors, shapes, strict=True):
+            n = t.numel()
+            out.append(flat[offset:offset + n].view(shape).to(t.dtype))
+            offset += n
+        return out
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag, true where it is true on any rank (one all-reduce)."""
+        if not self.active:
+            return list(flags)
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], dtype=torch.float64)
+        dist.all_reduce(t)
+        return [bool(v > 0) for v in t]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def start(timeout_s: float, device: torch.device | None = None) -> Sync:
+    """Join the process group ``torchrun`` describes in the environment (``gloo`` on CPU,
+    ``nccl`` for CUDA devices), with collectives that give up after ``timeout_s``."""
+    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Sync(dist.get_rank(), dist.get_world_size())
+
+
+def stop() -> None:
+    """Leave the process group (without waiting for the others if one died)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def backend() -> str | None:
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
