@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
 from .config import DEVICE_PATTERN, dump_config, load_config, quote
-from .errors import ConfigError, FewshotError
+from .errors import AgreedError, ConfigError, FewshotError
 from .rundir import RunDir
 
 app = typer.Typer(
@@ -47,8 +50,27 @@ def _main(
 
 
 def _fail(e: FewshotError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    rank = _rank()
+    if rank == 0:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    elif not isinstance(e, AgreedError):  # an error all ranks share is printed by rank 0
+        err.print(f"[bold red]error:[/] rank {rank}: {escape(str(e))}", highlight=False,
+                  soft_wrap=True)
     return typer.Exit(e.exit_code)
+
+
+def _rank() -> int:
+    """This process's rank under ``torchrun`` (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _one_process(command: str) -> None:
+    """``eval`` and ``plot`` write their results from one process."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError(f"fewshot {command} runs in one process; start it without torchrun")
 
 
 class CheckpointChoice(str, Enum):
@@ -89,6 +111,7 @@ def train(
 ) -> None:
     """Meta-train a model into a new run directory, or --resume one."""
     overrides = list(set_ or [])
+    console = err if _rank() == 0 else Console(stderr=True, quiet=True)
     if threads is not None:
         overrides.append(f"train.threads={threads}")
     try:
@@ -102,7 +125,8 @@ def train(
             RunDir.open(resume)  # not a run: say so before loading torch
             from .engine.runner import resume as resume_run
 
-            run, outcome = resume_run(resume, overrides, console=err, show_progress=progress)
+            run, outcome = resume_run(resume, overrides, console=console,
+                                      show_progress=progress)
         else:
             if config is None:
                 raise ConfigError("missing CONFIG (a YAML experiment config), or --resume RUN_DIR")
@@ -112,14 +136,22 @@ def train(
                 return
             from .engine.runner import start
 
-            run, outcome = start(cfg, runs_root=runs_root, run_dir=run_dir, console=err,
+            run, outcome = start(cfg, runs_root=runs_root, run_dir=run_dir, console=console,
                                  show_progress=progress)
     except KeyboardInterrupt:
         err.print("interrupted before the run started; nothing was written", highlight=False)
         raise typer.Exit(130) from None
     except FewshotError as e:
         raise _fail(e) from None
-    _report(run, outcome)
+    finally:
+        if "torch" in sys.modules:
+            from .engine.distributed import stop
+
+            stop()
+    if _rank() == 0:
+        _report(run, outcome)
+    elif outcome.exit_code or outcome.status == "diverged":
+        raise typer.Exit(outcome.exit_code or 1)
 
 
 def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
@@ -178,6 +210,7 @@ def eval_(
     Reports the query loss (and accuracy) after 0..S inner steps, with 95% CIs.
     """
     try:
+        _one_process("eval")
         if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
         shot_list = _int_list("--shots", shots, 1)
@@ -382,6 +415,7 @@ def plot(
 ) -> None:
     """Draw the run's curves into RUN_DIR/plots/<name>.<format>."""
     try:
+        _one_process("plot")
         run = RunDir.open(run_dir)
         base = RunDir.open(baseline) if baseline is not None else None
         _warn_killed(run)

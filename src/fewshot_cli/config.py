@@ -431,6 +431,7 @@ class TrainConfig(Section):
     tensorboard: bool = False
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     select: Literal["median", "mean"] = "median"
+    dist_timeout: PosFloat = 900.0
 
 
 class EvalConfig(Section):

@@ -23,3 +23,17 @@ class DataError(FewshotError):
 
 class RunDirError(FewshotError):
     """A path is not a usable run directory, or a checkpoint cannot be read."""
+
+
+class AgreedError(FewshotError):
+    """An error every process of a distributed run raises together (one rank's error,
+    shared so that none waits for it); rank 0 prints it."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class DistributedError(FewshotError):
+    """A distributed run's process group failed: a rank died or raised, or a collective
+    timed out."""

@@ -282,8 +282,10 @@ class MAML(Algorithm):
         metrics = super().meta_step(batch, path, progress, optimizer)
         stats = metrics.pop(BN_STATS, None)
         weights = self.msl_weights_at(progress)
-        if stats is not None:
-            passes = self._passes(weights is not None).to(stats) * len(batch)
+        if stats is not None:  # the whole meta-batch's, across the ranks of a distributed run
+            (stats,), _ = self.sync.mean([stats])
+            tasks = round(len(batch) / self.sync.weight)
+            passes = self._passes(weights is not None).to(stats) * tasks
             self.model.update_step_statistics(stats, (1.0 - BN_MOMENTUM) ** passes)
         if weights is not None:
             metrics["msl_weights"] = torch.tensor(weights)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..errors import AgreedError, FewshotError
 
 #: Added to the seed of rank r > 0's task generator and torch RNG, times r (rank 0 keeps
 #: the run's seed, so a one-process run samples exactly as before).
@@ -92,30 +96,26 @@ class Sync:
                 p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
 
-    def mean(self, tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-        """Each tensor's meta-batch-weighted mean over ranks (one all-reduce)."""
-        tensors = list(tensors)
-        if not self.active or not tensors:
-            return tensors
-        shapes = [t.shape for t in tensors]
-        ref = tensors[0]
-        flat = torch.cat([t.detach().to(ref.device, torch.float64).flatten() * self.weight
-                          for t in tensors])
-        dist.all_reduce(flat)
-        out, offset = [], 0
-        for t, shape in zip(tensors, shapes, strict=True):
-            n = t.numel()
-            out.append(flat[offset:offset + n].view(shape).to(t.dtype))
-            offset += n
-        return out
-
-    def any(self, *flags: bool) -> list[bool]:
-        """Each flag, true where it is true on any rank (one all-reduce)."""
+    def mean(self, tensors: Iterable[torch.Tensor], flags: Iterable[bool] = ()
+             ) -> tuple[list[torch.Tensor], list[bool]]:
+        """Each tensor's meta-batch-weighted mean over ranks, and each flag, true where it
+        is true on any rank: one all-reduce for both."""
+        tensors, flags = list(tensors), list(flags)
         if not self.active:
-            return list(flags)
-        t = torch.tensor([1.0 if f else 0.0 for f in flags], dtype=torch.float64)
-        dist.all_reduce(t)
-        return [bool(v > 0) for v in t]
+            return tensors, flags
+        parts = [t.detach().cpu().to(torch.float64).flatten() * self.weight for t in tensors]
+        parts.append(torch.tensor([1.0 if f else 0.0 for f in flags], dtype=torch.float64))
+        flat = torch.cat(parts)
+        if backend() == "nccl":
+            flat = flat.cuda()
+        dist.all_reduce(flat)
+        flat = flat.cpu()
+        out, offset = [], 0
+        for t in tensors:
+            n = t.numel()
+            out.append(flat[offset:offset + n].view(t.shape).to(t.device, t.dtype))
+            offset += n
+        return out, [bool(v > 0) for v in flat[offset:]]
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
@@ -134,13 +134,87 @@ class Sync:
         return out
 
 
+    def agree(self, error: BaseException | None) -> None:
+        """A point every rank reaches with or without an ``error`` of its own; if any rank
+        had one, every rank raises it (rank 0 prints it), so no rank is left waiting in a
+        collective for a rank that gave up."""
+        if not self.active:
+            if error is not None:
+                raise error
+            return
+        found = self.gather(None if error is None else
+                            (type(error).__name__, str(error), getattr(error, "exit_code", 1)))
+        for rank, item in enumerate(found):
+            if item is not None:
+                if rank == self.rank and error is not None and isinstance(error, FewshotError):
+                    raise AgreedError(str(error), error.exit_code) from None
+                raise AgreedError(f"rank {rank}: {item[1]}", item[2])
+
+    def report_failure(self, error: str) -> None:
+        """Leave this rank's error in the launcher's key-value store, where rank 0 finds it
+        (:meth:`failure`) when its next collective fails: no file, no collective."""
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"fewshot/failure/{self.rank}", error[:2000])
+        except Exception:  # noqa: BLE001 - best effort while failing
+            pass
+
+    def failure(self, wait_s: float = 3.0) -> tuple[int, str] | None:
+        """The first rank that reported an error (:meth:`report_failure`), and its error,
+        waiting up to ``wait_s`` for one; None if none did (a rank killed outright)."""
+        try:
+            store = dist.distributed_c10d._get_default_store()
+        except Exception:  # noqa: BLE001
+            return None
+        deadline = time.monotonic() + wait_s
+        while True:
+            for rank in range(self.world):
+                key = f"fewshot/failure/{rank}"
+                try:
+                    if rank != self.rank and store.check([key]):
+                        return rank, store.get(key).decode(errors="replace")
+                except Exception:  # noqa: BLE001 - the store went away with the launcher
+                    return None
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
+
+
+#: (host, pid) of every rank of this process's group, in rank order.
+_PEERS: list[tuple[str, int]] = []
+
+
 def start(timeout_s: float, device: torch.device | None = None) -> Sync:
     """Join the process group ``torchrun`` describes in the environment (``gloo`` on CPU,
     ``nccl`` for CUDA devices), with collectives that give up after ``timeout_s``."""
     backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return Sync(dist.get_rank(), dist.get_world_size())
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                **kwargs)
+    sync = Sync(dist.get_rank(), dist.get_world_size())
+    _PEERS[:] = sync.gather((socket.gethostname(), os.getpid()))
+    return sync
+
+
+def peers() -> list[tuple[str, int]]:
+    """(host, pid) of every rank, in rank order (empty in one process)."""
+    return list(_PEERS)
+
+
+def gone_ranks() -> list[int]:
+    """The ranks on this host whose process no longer exists."""
+    host, out = socket.gethostname(), []
+    for rank, (h, pid) in enumerate(_PEERS):
+        if h != host:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            out.append(rank)
+        except PermissionError:
+            pass
+    return out
 
 
 def stop() -> None:

@@ -7,18 +7,21 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from ..algorithms import Path as Path_
 from ..config import Config, apply_overrides, parse_override, validate
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, FewshotError, RunDirError
 from ..rundir import RunDir
-from . import checkpoint, threads, trainer, vectorize
+from . import checkpoint, distributed, threads, trainer, vectorize
+from .distributed import Sync
 from .evaluator import check_config
-from .setup import Experiment, build_experiment
+from .setup import Experiment, build_experiment, resolve_device
 from .trainer import Outcome, StopSignals
 
 #: What ``--set`` may change on ``--resume``: the rest is what the checkpoint was trained with.
@@ -31,14 +34,14 @@ def _announce(console: Console) -> Any:
     return on_first
 
 
-def _build(cfg: Config) -> Experiment:
+def _build(cfg: Config, device: torch.device | None = None) -> Experiment:
     """The experiment, after checking what training needs beyond it (the tensorboard
     package when asked for), so a missing piece fails before the run directory changes."""
     if cfg.train.tensorboard:
         from .tensorboard import require_tensorboard
 
         require_tensorboard()
-    return build_experiment(cfg)
+    return build_experiment(cfg, device)
 
 
 def _tensorboard(cfg: Config, run: RunDir, purge_step: int | None) -> Any:
@@ -49,28 +52,99 @@ def _tensorboard(cfg: Config, run: RunDir, purge_step: int | None) -> Any:
     return TensorBoardLog(run.path / "tensorboard", purge_step)
 
 
+def join(cfg: Config) -> tuple[Sync, torch.device | None]:
+    """This process's place in a ``torchrun`` launch (one process otherwise), and the
+    device it trains on: ``cuda:LOCAL_RANK`` for a CUDA run across processes."""
+    if not distributed.launched():
+        return Sync(), None
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank())
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {device.index}: only {torch.cuda.device_count()} "
+                              "GPU(s) here; start at most that many processes per node")
+        torch.cuda.set_device(device)
+    return distributed.start(cfg.train.dist_timeout, device), device
+
+
+def _build_on_every_rank(cfg: Config, sync: Sync, device: torch.device | None) -> Experiment:
+    """The experiment on every rank, or the first rank's error on every rank."""
+    exp, error = None, None
+    try:
+        exp = _build(cfg, device)
+    except FewshotError as e:
+        error = e
+    sync.agree(error)
+    assert exp is not None
+    exp.algo.sync = sync
+    return exp
+
+
+def _path_for_every_rank(exp: Experiment, console: Console, sync: Sync
+                         ) -> tuple[Path_, dict[str, Any]]:
+    """The batching path and threads, chosen on rank 0 and used by all."""
+    if not sync.active:
+        return choose_path_and_threads(exp, console)
+    if sync.main:
+        requested = exp.cfg.train.threads
+        if exp.device.type == "cpu" and requested is None:
+            # Ranks share the node's cores: each takes its part rather than timing 1 or all.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            requested = max(1, (os.cpu_count() or 1) // local)
+        choice = choose_path_and_threads(exp, console, requested)
+    else:
+        choice = None
+    path, info = sync.broadcast(choice)
+    threads.apply(int(info["threads"]["threads"]))
+    return path, info
+
+
+def _distributed_meta(exp: Experiment, sync: Sync) -> dict[str, Any]:
+    """meta.json's ``distributed`` record (every rank's device, host and pid)."""
+    devices = sync.gather(str(exp.device))
+    return {"world_size": sync.world, "backend": distributed.backend(), "devices": devices,
+            "hosts": [h for h, _ in distributed.peers()],
+            "pids": [p for _, p in distributed.peers()],
+            "meta_batch_per_rank": [distributed.share(exp.cfg.algorithm.meta_batch, r, sync.world)
+                                    for r in range(sync.world)]}
+
+
 def start(cfg: Config, *, runs_root: Path, run_dir: Path | None, console: Console,
           show_progress: bool = True) -> tuple[RunDir, Outcome]:
     """Build ``cfg`` (data, device and path errors come before any folder exists),
-    create its run directory and train."""
-    exp = _build(cfg)
-    path, info = choose_path_and_threads(exp, console)
-    with StopSignals(_announce(console)) as stop:
-        run = RunDir.create(cfg.name, runs_root, run_dir)
-        with run.lock():
-            run.write_config(cfg)
-            run.write_meta(trainer.run_meta(exp, list(sys.argv), info))
+    create its run directory and train; across processes when launched by ``torchrun``."""
+    sync, device = join(cfg)
+    exp = _build_on_every_rank(cfg, sync, device)
+    path, info = _path_for_every_rank(exp, console, sync)
+    dist_meta = _distributed_meta(exp, sync) if sync.active else None
+    with StopSignals(_announce(console) if sync.main else None) as stop, ExitStack() as stack:
+        run, error = None, None
+        if sync.main:
+            try:
+                run = RunDir.create(cfg.name, runs_root, run_dir)
+                stack.enter_context(run.lock())
+                run.write_config(cfg)
+                meta = trainer.run_meta(exp, list(sys.argv), info)
+                if dist_meta is not None:
+                    meta["distributed"] = dist_meta
+                run.write_meta(meta)
+            except FewshotError as e:
+                error = e
+        sync.agree(error)
+        run = RunDir(Path(sync.broadcast(str(run.path) if run is not None else None)))
+        if sync.main:
             console.print(f"run directory: [bold]{run.path}[/]", highlight=False)
-            outcome = trainer.train(exp, run, path, stop=stop, console=console,
-                                    show_progress=show_progress,
-                                    tensorboard=_tensorboard(cfg, run, None))
+        outcome = trainer.train(exp, run, path, stop=stop, console=console,
+                                show_progress=show_progress,
+                                tensorboard=_tensorboard(cfg, run, None) if sync.main else None)
     return run, outcome
 
 
-def choose_path_and_threads(exp: Experiment, console: Console) -> tuple[Path_, dict[str, Any]]:
-    """The batching path (timed with one thread, or ``train.threads``), then the thread
-    count for that path; both recorded in meta.json's ``vectorize``."""
-    requested = exp.cfg.train.threads
+def choose_path_and_threads(exp: Experiment, console: Console, requested: int | None = None
+                            ) -> tuple[Path_, dict[str, Any]]:
+    """The batching path (timed with one thread, or ``train.threads`` / ``requested``), then
+    the thread count for that path; both recorded in meta.json's ``vectorize``."""
+    requested = requested or exp.cfg.train.threads
     threads.apply(requested or 1)
     with console.status("choosing how to batch tasks (timing each path once)...",
                         spinner="line"):
@@ -99,31 +173,34 @@ def resume_config(run: RunDir, overrides: list[str]) -> Config:
 
 def resume(path: Path, overrides: list[str], *, console: Console,
            show_progress: bool = True) -> tuple[RunDir, Outcome]:
-    """Continue a run from ``checkpoints/last.pt`` (from the start if it has none)."""
+    """Continue a run from ``checkpoints/last.pt`` (from the start if it has none); a
+    distributed run with the ``torchrun`` world size it was trained with."""
     run = RunDir.open(path)
     status = run.status()  # before taking the lock, which would make it look alive
-    with StopSignals(_announce(console)) as stop, run.lock():
-        meta = run.read_meta()
-        cfg = resume_config(run, overrides)
-        last = run.checkpoint_path("last")
-        state = checkpoint.load(last) if last.is_file() else None
-        if state is not None:
-            if state.get("format") != checkpoint.FORMAT or "trainer" not in state:
-                raise RunDirError(f"{last}: written by an older fewshot without the state "
-                                  "resuming needs; start a new run")
-            check_config(cfg, state, last)
+    cfg = resume_config(run, overrides)
+    sync, device = join(cfg)
+    with StopSignals(_announce(console) if sync.main else None) as stop, ExitStack() as stack:
+        error, state, meta, finished = None, None, {}, None
+        try:
+            if sync.main:
+                stack.enter_context(run.lock())
+            meta = run.read_meta()
+            last = run.checkpoint_path("last")
+            state = checkpoint.load(last) if last.is_file() else None
+            if state is not None:
+                if state.get("format") != checkpoint.FORMAT or "trainer" not in state:
+                    raise RunDirError(f"{last}: written by an older fewshot without the state "
+                                      "resuming needs; start a new run")
+                check_config(cfg, state, last)
+                _check_world_size(state, sync, last)
+            finished = _nothing_to_do(run, cfg, state, status, meta)
+        except FewshotError as e:
+            error = e
+        sync.agree(error)
+        if finished is not None:
+            return run, finished
         done = state["iteration"] if state is not None else 0
-        elapsed = state["trainer"]["elapsed"] if state is not None else 0.0
-        if done >= cfg.train.iterations:
-            return run, Outcome(status, done, 0,
-                                f"{run.path}: already completed ({done} iterations); nothing "
-                                "changed. Extend it with --set train.iterations=N", meta, False)
-        if cfg.train.max_seconds is not None and elapsed >= cfg.train.max_seconds:
-            return run, Outcome(status, done, 0,
-                                f"{run.path}: stopped at train.max_seconds "
-                                f"({cfg.train.max_seconds:g} s of training); nothing changed. "
-                                "Raise it with --set train.max_seconds=S", meta, False)
-        exp = _build(cfg)
+        exp = _build_on_every_rank(cfg, sync, device)
         recorded = (state["trainer"]["path"] if state is not None
                     else (meta.get("vectorize") or {}).get("mode"))
         record = meta.get("vectorize") if isinstance(meta.get("vectorize"), dict) else {}
@@ -132,20 +209,56 @@ def resume(path: Path, overrides: list[str], *, console: Console,
             n = cfg.train.threads or (record.get("threads") or {}).get("threads") or 1
             threads.apply(n if isinstance(n, int) and n >= 1 else 1)
         else:
-            chosen, meta["vectorize"] = choose_path_and_threads(exp, console)
-        run.truncate_metrics(done)
-        if overrides:
-            run.write_config(cfg)
-        history = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
-        meta.update(status="running", pid=os.getpid(), iteration=done,
-                    resumed=[*history, {"iteration": done, "previous_status": status,
-                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                        "command": list(sys.argv)}])
-        meta.pop("ended", None)
-        run.write_meta(meta)
-        console.print(f"resuming [bold]{run.path}[/] at iteration {done} (was {status})",
-                      highlight=False)
+            chosen, meta["vectorize"] = _path_for_every_rank(exp, console, sync)
+        if sync.main:
+            run.truncate_metrics(done)
+            if overrides:
+                run.write_config(cfg)
+            history = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
+            meta.update(status="running", pid=os.getpid(), iteration=done,
+                        resumed=[*history, {"iteration": done, "previous_status": status,
+                                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                            "command": list(sys.argv)}])
+            meta.pop("ended", None)
+            meta.pop("failure", None)
+            if sync.active:
+                meta["distributed"] = _distributed_meta(exp, sync)
+            run.write_meta(meta)
+            console.print(f"resuming [bold]{run.path}[/] at iteration {done} (was {status})",
+                          highlight=False)
+        elif sync.active:
+            _distributed_meta(exp, sync)  # its gather, with rank 0
         outcome = trainer.train(exp, run, chosen, stop=stop, resume=state, console=console,
                                 show_progress=show_progress,
-                                tensorboard=_tensorboard(cfg, run, done + 1))
+                                tensorboard=(_tensorboard(cfg, run, done + 1) if sync.main
+                                             else None))
     return run, outcome
+
+
+def _check_world_size(state: dict[str, Any], sync: Sync, last: Path) -> None:
+    """A run resumes with the number of processes it was trained with: each one's task
+    stream and share of the meta-batch depend on it."""
+    trained = int(state["trainer"].get("world_size", 1))
+    if trained != sync.world:
+        how = ("fewshot train --resume (one process)" if trained == 1 else
+               f"torchrun --nproc-per-node {trained} -m fewshot_cli train --resume "
+               "(or the same total over several nodes)")
+        raise RunDirError(f"{last}: trained with {trained} process(es), resumed with "
+                          f"{sync.world}; resume it exactly with {how}")
+
+
+def _nothing_to_do(run: RunDir, cfg: Config, state: dict[str, Any] | None, status: str,
+                   meta: dict[str, Any]) -> Outcome | None:
+    """The outcome of a resume that finds the run already finished, else None."""
+    done = state["iteration"] if state is not None else 0
+    elapsed = state["trainer"]["elapsed"] if state is not None else 0.0
+    if done >= cfg.train.iterations:
+        return Outcome(status, done, 0,
+                       f"{run.path}: already completed ({done} iterations); nothing "
+                       "changed. Extend it with --set train.iterations=N", meta, False)
+    if cfg.train.max_seconds is not None and elapsed >= cfg.train.max_seconds:
+        return Outcome(status, done, 0,
+                       f"{run.path}: stopped at train.max_seconds "
+                       f"({cfg.train.max_seconds:g} s of training); nothing changed. "
+                       "Raise it with --set train.max_seconds=S", meta, False)
+    return None

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import random
+import re
 import signal
 import threading
 import time
@@ -42,10 +43,11 @@ from rich.progress import (
 from .. import __version__
 from ..algorithms import Path
 from ..algorithms import Progress as TrainProgress
-from ..errors import FewshotError, RunDirError
+from ..errors import DistributedError, FewshotError, RunDirError
 from ..rundir import RunDir
 from ..tasks import TaskBatch
-from . import checkpoint
+from . import checkpoint, distributed
+from .distributed import Sync
 from .evaluator import divergence_summary
 from .setup import Experiment
 
@@ -134,15 +136,19 @@ def validation_tasks(exp: Experiment) -> list[TaskBatch]:
     return chunks
 
 
-def validate(exp: Experiment, chunks: list[TaskBatch], path: Path) -> dict[str, Any]:
+def validate(exp: Experiment, chunks: list[TaskBatch], path: Path,
+             sync: Sync | None = None) -> dict[str, Any]:
     """Query loss (and accuracy) after 0..eval_inner_steps steps on the validation tasks,
     under the same divergence policy as ``fewshot eval``; ``val_loss_median`` is the
     median final loss with diverged tasks counted as infinitely bad (the default
-    statistic ``best.pt`` is selected by: one blown-up task cannot hide or fake a gain)."""
+    statistic ``best.pt`` is selected by: one blown-up task cannot hide or fake a gain).
+    In a distributed run each rank adapts every world-th chunk and all see every curve."""
     steps = exp.cfg.algorithm.eval_inner_steps
-    curves = torch.cat([
-        exp.algo.adaptation_curve(c.to(exp.device, exp.dtype), steps, path).cpu() for c in chunks
-    ])
+    sync = sync or Sync()
+    mine = {i: exp.algo.adaptation_curve(chunks[i].to(exp.device, exp.dtype), steps, path).cpu()
+            for i in range(sync.rank, len(chunks), sync.world)}
+    found = {i: c for part in sync.gather(mine) for i, c in part.items()}
+    curves = torch.cat([found[i] for i in range(len(chunks))])
     per_step = divergence_summary(curves)
     final = curves[:, -1, 0].double()
     final = torch.where(torch.isfinite(final), final, math.inf)  # a diverged task is worst
@@ -233,13 +239,21 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
           show_progress: bool = True, tensorboard: Any = None) -> Outcome:
     """Meta-train ``exp`` into ``run`` along batching ``path``, from scratch or from
     the ``last.pt`` state ``resume``. The run directory's config and meta.json
-    exist already; this writes metrics, checkpoints and the final status."""
+    exist already; this writes metrics, checkpoints and the final status.
+
+    In a distributed run (``exp.algo.sync``) every rank runs this loop on its share of
+    each meta-batch; rank 0 alone writes, and what ends the loop is agreed on by all."""
     console = console or Console(stderr=True)
     cfg, t = exp.cfg, exp.cfg.train
     algo, device, dtype = exp.algo, exp.device, exp.dtype
+    sync: Sync = algo.sync
+    main = sync.main
+    n_tasks = distributed.share(cfg.algorithm.meta_batch, sync.rank, sync.world)
+    sync.weight = n_tasks / cfg.algorithm.meta_batch
+    own_seed = distributed.rank_seed(cfg.seed, sync.rank)
     optimizer = algo.configure_optimizer()
     scheduler = algo.configure_scheduler(optimizer, t.iterations)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(own_seed)
     window = Window()
     it, elapsed_before, best = 0, 0.0, math.inf
     if resume is not None:
@@ -247,43 +261,55 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
         optimizer.load_state_dict(resume["optimizer"])
         if scheduler is not None and resume.get("scheduler") is not None:
             scheduler.load_state_dict(resume["scheduler"])
-        checkpoint.restore_rng(resume["rng"], generator)
+        rngs = resume.get("rng_ranks")
+        checkpoint.restore_rng(rngs[sync.rank] if rngs else resume["rng"], generator)
         tr = resume["trainer"]
         window.load_state_dict(tr["window"])
         it, elapsed_before = int(resume["iteration"]), float(tr["elapsed"])
         best = math.inf if tr["best_val_score"] is None else float(tr["best_val_score"])
     else:  # torch is seeded when the network is built; Python's and NumPy's RNGs here
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
+        random.seed(own_seed)
+        np.random.seed(own_seed % 2**32)
+        if sync.rank > 0:  # the network is the same on every rank; the rest is its own
+            torch.manual_seed(own_seed)
     val_chunks = validation_tasks(exp)
     config_dict = cfg.to_dict()
 
-    def state(iteration: int, elapsed: float) -> dict[str, Any]:
-        return {
+    def state(iteration: int, elapsed: float, rngs: list[Any]) -> dict[str, Any]:
+        out = {
             "iteration": iteration, "config": config_dict, "algorithm": algo.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "rng": checkpoint.rng_state(generator),
+            "rng": rngs[0],
             "trainer": {"elapsed": elapsed, "best_val_score": None if math.isinf(best) else best,
                         "window": window.state_dict(), "path": path},
         }
+        if sync.active:
+            out["rng_ranks"] = rngs
+            out["trainer"]["world_size"] = sync.world
+        return out
 
     saved = it if resume is not None else None
 
     def save_last(iteration: int, elapsed: float) -> None:
         nonlocal saved
-        run.save_checkpoint("last", state(iteration, elapsed))
+        rngs = sync.gather(checkpoint.rng_state(generator))  # every rank's streams
         saved = iteration
+        if not main:
+            return
+        run.save_checkpoint("last", state(iteration, elapsed, rngs))
         if t.keep_checkpoints:
             run.keep_checkpoint(iteration, t.keep_checkpoints)
         run.update_meta(iteration=iteration, checkpoint_iteration=iteration,
                         train_seconds=round(elapsed, 3))
 
     status, exit_code, message = "failed", 1, ""
+    failure: dict[str, Any] | None = None
+    stop_agreed = False
     start = time.perf_counter()
     last_log_time, last_log_iter = start, it
     first_it, bar_time = it, start
-    progress = _progress(console) if show_progress else None
+    progress = _progress(console) if show_progress and main else None
     bar = None
     try:
         if progress:
@@ -293,23 +319,30 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
         if resume is None:
             save_last(0, 0.0)  # a run stopped before its first checkpoint resumes from here
         while True:
-            if stop.requested:
+            if stop_agreed or (stop.requested and not sync.active):
                 status = "interrupted"
                 save_last(it, elapsed_before + time.perf_counter() - start)
-                exit_code = SIGNAL_EXIT.get(stop.signum, 130)
+                exit_code = SIGNAL_EXIT.get(stop.signum, 130) if stop.signum else 130
                 message = (f"interrupted at iteration {it}; last.pt saved\n"
-                           f"resume: fewshot train --resume {run.path}")
+                           f"resume: {resume_command(run, sync)}")
                 break
             if it >= t.iterations:
                 status, exit_code = "completed", 0
                 break
             it += 1
-            batch = exp.source.sample(cfg.algorithm.meta_batch, generator, "train")
+            batch = exp.source.sample(n_tasks, generator, "train")
             logged = it % t.log_every == 0 or it == t.iterations
             metrics = algo.meta_step(batch.to(device, dtype), path,
                                      TrainProgress(it, t.iterations, logged), optimizer)
             if scheduler is not None:
                 scheduler.step()
+            elapsed = elapsed_before + time.perf_counter() - start
+            timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
+            if sync.active:  # the meta-batch's metrics, and what stops the run, agreed on
+                keys = sorted(metrics)
+                values, (stop_agreed, timed_out) = sync.mean(
+                    [metrics[k] for k in keys], [stop.requested, timed_out and main])
+                metrics = dict(zip(keys, values, strict=True))
             loss = metrics.get("loss")
             if loss is not None and not math.isfinite(loss.item()):
                 status = "diverged"
@@ -317,8 +350,6 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
                            f"{loss.item()}; kept the last good checkpoint (iteration {saved})")
                 break
             window.add(metrics)
-            elapsed = elapsed_before + time.perf_counter() - start
-            timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
             final = it == t.iterations or timed_out
 
             row: dict[str, Any] = {}
@@ -329,15 +360,16 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
                 row["its_per_s"] = (it - last_log_iter) / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_iter = now, it
             if val_chunks and (it % t.val_every == 0 or final):
-                val = validate(exp, val_chunks, path)
+                val = validate(exp, val_chunks, path, sync)
                 row.update(val)
                 score = val["val_loss_median" if t.select == "median" else "val_loss"]
                 if score is not None and math.isfinite(score) and score < best:
                     best = score
-                    run.save_checkpoint("best", {"iteration": it, "config": config_dict,
-                                                 "algorithm": algo.state_dict(),
-                                                 "val_score": best, "selected_by": t.select})
-            if row:
+                    if main:
+                        run.save_checkpoint("best", {"iteration": it, "config": config_dict,
+                                                     "algorithm": algo.state_dict(),
+                                                     "val_score": best, "selected_by": t.select})
+            if row and main:
                 row = {"iteration": it, "time": round(elapsed, 3), **row}
                 run.append_metrics(row)
                 if tensorboard is not None:
@@ -363,19 +395,63 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
     except FewshotError as e:
         message = str(e)
         raise
+    except Exception as e:
+        if not sync.active:
+            raise
+        # A rank raised, died or stopped answering: leave the last checkpoint as it is.
+        failure = _failure(sync, e)
+        message = (f"distributed training failed at iteration {it}: {failure['text']}; "
+                   f"kept the last checkpoint (iteration {saved})")
+        raise DistributedError(message) from None
     finally:
         if progress:
             progress.stop()
         if tensorboard is not None:
             tensorboard.close()
-        fields = {"status": status, "ended": _now(),
-                  "wall_seconds": round(time.perf_counter() - start, 3),
-                  "best_val": None if math.isinf(best) else {"statistic": t.select,
-                                                             "value": best}}
+        fields: dict[str, Any] = {
+            "status": status, "ended": _now(),
+            "wall_seconds": round(time.perf_counter() - start, 3),
+            "best_val": None if math.isinf(best) else {"statistic": t.select, "value": best}}
+        if failure is not None:
+            fields["failure"] = {k: v for k, v in failure.items() if k != "text"}
         if status != "diverged":
             fields["iteration"] = it
-        try:
-            meta = run.update_meta(**fields)
-        except (OSError, RunDirError):
-            meta = {**run.read_meta(), **fields}
+        meta: dict[str, Any] = {}
+        if main:
+            try:
+                meta = run.update_meta(**fields)
+            except (OSError, RunDirError):
+                meta = {**run.read_meta(), **fields}
     return Outcome(status, it, exit_code, message, meta)
+
+
+def resume_command(run: RunDir, sync: Sync) -> str:
+    """How to continue ``run``: with ``torchrun`` and the same world size if distributed."""
+    if not sync.active:
+        return f"fewshot train --resume {run.path}"
+    return (f"torchrun --nproc-per-node {sync.world} -m fewshot_cli train --resume {run.path}"
+            " (the same number of processes)")
+
+
+def _failure(sync: Sync, error: BaseException) -> dict[str, Any]:
+    """What ``meta.json`` records of a failed distributed run: which rank failed and its
+    error where it said (this rank's own error, or one another rank reported), else this
+    rank's view of the collective that broke."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first = re.sub(r"^\[[^\]]*\.(cc|cpp):\d+\]\s*", "", first)  # gloo's source location
+    first = first.split(". This is typically caused")[0]
+    text = f"{type(error).__name__}: {first}"
+    if not sync.main:
+        sync.report_failure(text)
+        return {"rank": sync.rank, "error": text, "text": f"rank {sync.rank}: {text}"}
+    reported = sync.failure()
+    if reported is not None:
+        rank, err = reported
+        return {"rank": rank, "error": err, "text": f"rank {rank}: {err}"}
+    gone = distributed.gone_ranks()
+    if gone:
+        who = ", ".join(str(r) for r in gone)
+        return {"rank": gone[0], "error": f"process ended without an error report ({text})",
+                "text": f"rank {who} ended without an error report ({text})"}
+    return {"rank": sync.rank if "Timeout" in text or "timed out" in text else None,
+            "error": text, "text": text}
