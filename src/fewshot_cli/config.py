@@ -432,6 +432,7 @@ class TrainConfig(Section):
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     select: Literal["median", "mean"] = "median"
     dist_timeout: PosFloat = 900.0
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
 
 
 class EvalConfig(Section):

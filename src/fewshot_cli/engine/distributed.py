@@ -184,10 +184,11 @@ class Sync:
 _PEERS: list[tuple[str, int]] = []
 
 
-def start(timeout_s: float, device: torch.device | None = None) -> Sync:
-    """Join the process group ``torchrun`` describes in the environment (``gloo`` on CPU,
-    ``nccl`` for CUDA devices), with collectives that give up after ``timeout_s``."""
-    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+def start(timeout_s: float, backend: str = "gloo", device: torch.device | None = None
+          ) -> Sync:
+    """Join the process group ``torchrun`` describes in the environment, over ``backend``
+    (``gloo``: CPU, or GPUs shared by processes; ``nccl``: one GPU per process), with
+    collectives that give up after ``timeout_s``."""
     if not dist.is_initialized():
         kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),

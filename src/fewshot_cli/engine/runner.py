@@ -54,17 +54,25 @@ def _tensorboard(cfg: Config, run: RunDir, purge_step: int | None) -> Any:
 
 def join(cfg: Config) -> tuple[Sync, torch.device | None]:
     """This process's place in a ``torchrun`` launch (one process otherwise), and the
-    device it trains on: ``cuda:LOCAL_RANK`` for a CUDA run across processes."""
+    device it trains on: ``cuda:LOCAL_RANK`` for a CUDA run across processes (with the
+    ``gloo`` backend, more processes than GPUs share them in turn)."""
     if not distributed.launched():
         return Sync(), None
     device = resolve_device(cfg.device)
+    backend = cfg.train.dist_backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError(f"train.dist_backend: nccl needs a CUDA device, found {device}")
     if device.type == "cuda":
-        device = torch.device("cuda", distributed.local_rank())
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {device.index}: only {torch.cuda.device_count()} "
-                              "GPU(s) here; start at most that many processes per node")
+        count, local = torch.cuda.device_count(), distributed.local_rank()
+        if local >= count and backend == "nccl":
+            raise ConfigError(f"LOCAL_RANK {local}: only {count} GPU(s) here, and nccl "
+                              "gives each process its own; start at most that many processes "
+                              "per node, or share them with --set train.dist_backend=gloo")
+        device = torch.device("cuda", local % count)
         torch.cuda.set_device(device)
-    return distributed.start(cfg.train.dist_timeout, device), device
+    return distributed.start(cfg.train.dist_timeout, backend, device), device
 
 
 def _build_on_every_rank(cfg: Config, sync: Sync, device: torch.device | None) -> Experiment:
