@@ -211,3 +211,12 @@ def test_a_rank_that_raises_is_named_with_its_error(tmp_path: Path) -> None:
     assert meta["status"] == "failed" and meta["failure"]["rank"] == 1, meta
     assert "injected failure at iteration 12" in meta["failure"]["error"]
     assert checkpoint.load(run / "checkpoints" / "last.pt")["iteration"] == 10
+
+
+def test_fewer_tasks_than_processes_is_one_error_line(tmp_path: Path) -> None:
+    r = fewshot(str(CONFIGS / "sine-maml.yaml"), "--run-dir", str(tmp_path / "run"),
+                "--set", "algorithm.meta_batch=1", "--set", "device=cpu", check=False)
+    assert r.returncode != 0 and not (tmp_path / "run").exists()
+    ours = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert ours == ["error: algorithm.meta_batch: 1 tasks cannot be split over 2 processes "
+                    "(each needs at least one)"]

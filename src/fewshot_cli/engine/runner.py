@@ -16,7 +16,7 @@ from rich.console import Console
 
 from ..algorithms import Path as Path_
 from ..config import Config, apply_overrides, parse_override, validate
-from ..errors import ConfigError, FewshotError, RunDirError
+from ..errors import AgreedError, ConfigError, FewshotError, RunDirError
 from ..rundir import RunDir
 from . import checkpoint, distributed, threads, trainer, vectorize
 from .distributed import Sync
@@ -72,7 +72,11 @@ def join(cfg: Config) -> tuple[Sync, torch.device | None]:
                               "per node, or share them with --set train.dist_backend=gloo")
         device = torch.device("cuda", local % count)
         torch.cuda.set_device(device)
-    return distributed.start(cfg.train.dist_timeout, backend, device), device
+    sync = distributed.start(cfg.train.dist_timeout, backend, device)
+    if cfg.algorithm.meta_batch < sync.world:
+        raise AgreedError(f"algorithm.meta_batch: {cfg.algorithm.meta_batch} tasks cannot be "
+                          f"split over {sync.world} processes (each needs at least one)", 2)
+    return sync, device
 
 
 def _build_on_every_rank(cfg: Config, sync: Sync, device: torch.device | None) -> Experiment:
