@@ -261,13 +261,15 @@ def test_body_runs_once_per_set_whatever_the_number_of_inner_steps(
 
 # ----------------------------------------------------------------------------- the paths
 @pytest.mark.parametrize("first_order", [False, True])
-def test_vmap_equals_loop_in_float64(first_order: bool) -> None:
+def test_every_path_agrees_in_float64(first_order: bool) -> None:
     algo, batch = sine_setup(steps=3, first_order=first_order, seed=3)
-    assert algo.available_paths == ("vmap", "loop")  # an MLP has no per-task halves
+    assert algo.available_paths == ("vmap", "loop", "fused")
     a, b = flat(meta_grads(algo, batch, "vmap")), flat(meta_grads(algo, batch, "loop"))
-    assert float((a - b).abs().max()) < 1e-10
-    curves = [algo.adaptation_curve(batch, 4, p) for p in ("vmap", "loop")]
+    c = flat(meta_grads(algo, batch, "fused"))
+    assert float((a - b).abs().max()) < 1e-10 and float((c - b).abs().max()) < 1e-10
+    curves = [algo.adaptation_curve(batch, 4, p) for p in ("vmap", "loop", "fused")]
     assert float((curves[0] - curves[1]).abs().max()) < 1e-10
+    assert float((curves[2] - curves[1]).abs().max()) < 1e-10
 
 
 @pytest.mark.parametrize("first_order", [False, True])

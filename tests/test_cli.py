@@ -146,7 +146,8 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
 def test_auto_vectorize_measures_and_caches(tmp_path: Path) -> None:
     run = train(tmp_path, "auto", "--set", "train.vectorize=auto")
     info = json.loads((run / "meta.json").read_text())["vectorize"]
-    assert info["mode"] in ("vmap", "loop") and set(info["seconds_per_step"]) == {"vmap", "loop"}
+    timed = {"vmap", "loop", "fused"}  # compiled is timed only for runs long enough to repay it
+    assert info["mode"] in timed and set(info["seconds_per_step"]) == timed
     again = train(tmp_path, "auto2", "--set", "train.vectorize=auto")
     assert json.loads((again / "meta.json").read_text())["vectorize"]["source"] == \
         "cached measurement"

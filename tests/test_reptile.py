@@ -236,8 +236,9 @@ def test_vmap_equals_loop_with_inner_adam_on_the_mlp() -> None:
     runs = one_step_each_path(lambda: mlp_reptile(inner_optimizer="adam", inner_lr=0.01,
                                                   inner_batch=2),
                               sine_batch(3, shots=5, seed=6))
-    assert set(runs) == {"loop", "vmap"}
+    assert set(runs) == {"loop", "vmap", "fused"}
     assert (runs["vmap"][0] - runs["loop"][0]).abs().max() < 1e-12
+    assert (runs["fused"][0] - runs["loop"][0]).abs().max() < 1e-12
 
 
 # -- configs and the CLI --------------------------------------------------------------------------

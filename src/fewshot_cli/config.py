@@ -250,6 +250,9 @@ class MAMLConfig(AlgorithmSection):
     transductive); ``learned_inner_lrs`` (LSLR): a learned inner step size per parameter
     tensor and inner step, starting at ``inner_lr``; ``cosine_meta_lr`` (CA): the meta
     learning rate follows a cosine from ``meta_lr`` down to ``meta_lr_final`` over training.
+    ``checkpoint_inner_steps``: recompute each inner step in the backward pass (activation
+    checkpointing), so second-order memory stays flat in ``inner_steps``, at the cost of one
+    more support forward and backward per step; not on the vmap or compiled path.
     An option that is off is left out of the resolved config, as before it existed.
     """
 
@@ -263,12 +266,14 @@ class MAMLConfig(AlgorithmSection):
     learned_inner_lrs: bool = False
     cosine_meta_lr: bool = False
     meta_lr_final: Annotated[float, Field(ge=0)] = 0.0
+    checkpoint_inner_steps: bool = False
 
     #: The MAML++ keys and their "off" values.
     OPTIONS_OFF: ClassVar[dict[str, Any]] = {
         "msl_iterations": None, "first_order_iterations": None, "per_step_bn_weights": False,
         "per_step_bn_statistics": False, "running_statistics_at_eval": False,
-        "learned_inner_lrs": False, "cosine_meta_lr": False, "meta_lr_final": 0.0}
+        "learned_inner_lrs": False, "cosine_meta_lr": False, "meta_lr_final": 0.0,
+        "checkpoint_inner_steps": False}
 
     @model_validator(mode="after")
     def _one_derivative_order(self) -> MAMLConfig:
@@ -424,9 +429,21 @@ class TrainConfig(Section):
     val_every: PosInt = 1000
     val_tasks: PosInt = 100
     checkpoint_every: PosInt = 1000
-    vectorize: Literal["auto", "vmap", "loop", "fused"] = "auto"
+    vectorize: Literal["auto", "vmap", "loop", "fused", "compiled"] = "auto"
     max_seconds: PosFloat | None = None
     dtype: Literal["float32", "float64"] = "float32"
+    #: ``bf16``: meta-training's forward passes (inner loop and outer loss) under
+    #: ``torch.autocast`` to bfloat16; parameters, optimiser and evaluation stay ``dtype``.
+    autocast: Literal["off", "bf16"] = "off"
+
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _autocast(cls, v: Any, info: Any) -> Any:
+        v = "off" if v is False else v  # YAML reads a bare off as false
+        if v == "bf16" and info.data.get("dtype") == "float64":
+            raise ValueError("bf16 autocast needs train.dtype: float32, found float64")
+        return v
+
     keep_checkpoints: Annotated[int, Field(ge=0)] = 0
     tensorboard: bool = False
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None

@@ -50,6 +50,20 @@ default, and with all of them off this is exactly the MAML above. S is ``inner_s
 The per-step sets (BNWB, BNRS, LSLR) number S; evaluating more steps than S reuses the
 last set for the extra ones.
 
+``checkpoint_inner_steps`` (off by default): activation checkpointing per inner step
+(:class:`Recomputed`). A second-order step keeps only its input parameters; its support
+pass and inner gradient are recomputed in the backward pass, so the memory the graph
+holds no longer grows with S (mini-ImageNet conv4: see ``benchmarks/inner_memory.py``),
+for one more support forward and backward per step. The meta-gradient is the same (to
+rounding; with every MAML++ option). It applies to ``algorithm.kind: maml`` (MAML and
+MAML++; first-order steps, FOMAML's and DA's, keep no inner graph and are not
+recomputed); ``pretrain`` shares this inner loop but has none in meta-training, and the
+other algorithms have inner steps of their own. Not on the ``vmap`` path, nor ``compiled``
+(which maps as ``vmap``): refused with a ConfigError, and left out of ``available_paths``.
+The recomputed step is a ``torch.autograd.Function`` that ``torch.func.vmap`` cannot
+batch, and torch's own checkpoint cannot run ``torch.func.grad`` inside (saved-tensor
+hooks).
+
 Metrics: ``inner_loss`` (the support loss before each inner step),
 ``inner_loss_after`` (after the last one; computed on logged iterations only)
 and, for classification, the query ``accuracy`` after adaptation. While MSL is on, also
@@ -59,11 +73,13 @@ and, for classification, the query ``accuracy`` after adaptation. While MSL is o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..config import AlgorithmSection
 from ..errors import ConfigError
@@ -93,12 +109,59 @@ def lr_key(name: str) -> str:
     return name.replace(".", "/")
 
 
+Step = Callable[..., tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]]
+
+
+class Recomputed(torch.autograd.Function):
+    """Activation checkpointing of one inner step (``checkpoint_inner_steps``).
+
+    ``apply(step, n, *inputs, *extra)``: ``step(*inputs)`` (``n`` tensors) returns a tuple
+    of differentiable tensors and one of constants. It runs without keeping its graph, and
+    again with it in the backward pass, which differentiates through it; only the inputs
+    are kept in between. ``extra`` are the meta-parameters ``step`` reads by itself (learned
+    step sizes, per-step batch norm sets), which get their gradients that way. The forward
+    pass's autocast state is restored for the recomputation; ``step`` must be deterministic.
+    (Not under ``torch.func.vmap``: no batching rule; the backward takes ``autograd.grad``.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, step: Step, n: int, *tensors: torch.Tensor  # type: ignore[override]
+                ) -> tuple[torch.Tensor, ...]:
+        ctx.step, ctx.extra = step, tensors[n:]
+        ctx.save_for_backward(*tensors[:n])
+        ctx.set_materialize_grads(False)
+        ctx.device = tensors[0].device.type
+        ctx.cast = (torch.is_autocast_enabled(ctx.device), torch.get_autocast_dtype(ctx.device))
+        # The step as the recomputation will run it (with grad mode on, so it takes the same
+        # code path and rounds alike), its graph dropped as soon as it returns.
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in tensors[:n]]
+        with torch.enable_grad():
+            diff, const = step(*inputs)
+        diff = tuple(t.detach() for t in diff)
+        ctx.mark_non_differentiable(*const)
+        return (*diff, *const)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None  # type: ignore[override]
+                 ) -> tuple[torch.Tensor | None, ...]:
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        enabled, dtype = ctx.cast
+        with torch.enable_grad(), torch.autocast(ctx.device, dtype=dtype, enabled=enabled):
+            diff, _ = ctx.step(*inputs)
+        pairs = [(o, g) for o, g in zip(diff, grads) if g is not None and o.requires_grad]
+        every = (*inputs, *ctx.extra)
+        wrt = [t for t in every if t.requires_grad]
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
+                                       allow_unused=True) if pairs and wrt else [None] * len(wrt))
+        return (None, None, *(next(got) if t.requires_grad else None for t in every))
+
+
 class MAML(Algorithm):
     """MAML with SGD inner steps of size ``inner_lr``, optionally first order, with the
     MAML++ options of the module docstring."""
 
     kind = "maml"
-    paths = ("vmap", "loop", "fused")
+    paths = ("vmap", "loop", "fused", "compiled")
 
     def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource) -> None:
         super().__init__(model, cfg, task)
@@ -109,6 +172,7 @@ class MAML(Algorithm):
         self.first_order: bool = option("first_order", False)
         self.msl_iterations: int | None = option("msl_iterations", None)
         self.first_order_iterations: int | None = option("first_order_iterations", None)
+        self.checkpoint_inner_steps: bool = option("checkpoint_inner_steps", False)
         bn_weights = option("per_step_bn_weights", False)
         bn_stats = option("per_step_bn_statistics", False)
         eval_running = option("running_statistics_at_eval", False)
@@ -140,6 +204,22 @@ class MAML(Algorithm):
     @classmethod
     def learns_step_sizes(cls, cfg: AlgorithmSection) -> bool:
         return bool(getattr(cfg, "learned_inner_lrs", False))
+
+    @property
+    def available_paths(self) -> tuple[Path, ...]:
+        """As :attr:`Algorithm.available_paths`, less ``vmap`` and ``compiled`` (which maps as
+        ``vmap``) with ``checkpoint_inner_steps`` (:class:`Recomputed` has no ``vmap``
+        batching rule)."""
+        paths = super().available_paths
+        return (tuple(p for p in paths if p not in ("vmap", "compiled"))
+                if self.checkpoint_inner_steps else paths)
+
+    def meta_loss(self, batch: TaskBatch, path: Path, progress: Progress
+                  ) -> tuple[torch.Tensor, Metrics]:
+        if path == "vmap" and self.checkpoint_inner_steps:
+            raise ConfigError("algorithm.checkpoint_inner_steps: needs train.vectorize loop, "
+                              "fused or auto (vmap cannot recompute an inner step), found vmap")
+        return super().meta_loss(batch, path, progress)
 
     # -- the network, with this step's batch norm sets -------------------------------------
     def norm_tensors(self, step: int, ctx: Context) -> Params:
@@ -192,8 +272,35 @@ class MAML(Algorithm):
         """BNRS in meta-training: the batch statistics of each step's support pass."""
         return () if self.collects_statistics(ctx) else None
 
+    def checkpoints(self, ctx: Context) -> bool:
+        """``checkpoint_inner_steps`` applies: meta-training with a second-order step (a
+        first-order one keeps no graph of its inner gradient)."""
+        return self.checkpoint_inner_steps and ctx.training and not self.first_order_now(ctx)
+
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
+        """:meth:`sgd_inner_step`, recomputed in the backward pass where :meth:`checkpoints`."""
+        if not self.checkpoints(ctx):
+            return self.sgd_inner_step(params, state, support, step, ctx)
+        names, out = list(params), {}
+
+        def run(*values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            new, st, metrics = self.sgd_inner_step(dict(zip(names, values)), state, support,
+                                                   step, ctx)
+            leaves, out["spec"] = tree_flatten((st, metrics))
+            out["keys"], out["leaves"] = list(new), leaves
+            return list(new.values()), [x for x in leaves if isinstance(x, torch.Tensor)]
+
+        extra = [p for p in self.parameters() if p.requires_grad]
+        got = iter(Recomputed.apply(run, len(names), *params.values(), *extra))
+        new = {k: next(got) for k in out["keys"]}
+        leaves = [next(got) if isinstance(x, torch.Tensor) else x for x in out["leaves"]]
+        state, metrics = tree_unflatten(leaves, out["spec"])
+        return new, state, metrics
+
+    def sgd_inner_step(self, params: Params, state: Any, support: Support, step: int,
+                       ctx: Context) -> tuple[Params, Any, Metrics]:
+        """One SGD step on the support loss (with the MAML++ options), kept in the graph."""
         s = min(step, self.inner_steps - 1)
         params = {**params, **self.norm_tensors(s, ctx)}
         create_graph = ctx.training and not self.first_order_now(ctx)
@@ -210,7 +317,20 @@ class MAML(Algorithm):
             loss = self.per_task(self.loss_fn, out[0], support.y, ctx)
             return loss.sum(), (loss, out[1])
 
-        grads, (_, aux) = grad_and_value(total, has_aux=True)(adapted)
+        if torch._C._functorch.peek_interpreter_stack() is None:
+            # no torch.func transform around (loop, fused): plain autograd, as sgd_step;
+            # under no_grad (a checkpointed step's first pass) the same, kept out of
+            # any graph
+            graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                leaves = {k: p if graph and p.requires_grad else p.detach().requires_grad_()
+                          for k, p in adapted.items()}
+                summed, aux = total(leaves)
+                grads = dict(zip(leaves, torch.autograd.grad(
+                    summed, tuple(leaves.values()), create_graph=create_graph and graph,
+                    materialize_grads=True)))
+        else:
+            grads, (_, aux) = grad_and_value(total, has_aux=True)(adapted)
         loss, stats = aux if collect else (aux, None)
         if not create_graph:
             grads = {k: g.detach() for k, g in grads.items()}

@@ -13,6 +13,8 @@ from ..errors import ConfigError
 from ..tasks import TaskSource
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: ``train.autocast`` -> the dtype of meta-training's forward passes (None: no autocast).
+AUTOCAST: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16}
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -46,11 +48,18 @@ class Experiment:
 
 
 def build_experiment(cfg: Config, device: torch.device | None = None) -> Experiment:
-    """Build tasks, network (initialised from ``cfg.seed``) and algorithm on ``device``."""
+    """Build tasks, network (initialised from ``cfg.seed``) and algorithm on ``device``;
+    ``train.autocast`` sets the algorithm's :attr:`Algorithm.autocast_dtype`."""
     device = device or resolve_device(cfg.device)
     dtype = DTYPES[cfg.train.dtype]
+    if (getattr(cfg.algorithm, "checkpoint_inner_steps", False)
+            and cfg.train.vectorize in ("vmap", "compiled")):
+        raise ConfigError("algorithm.checkpoint_inner_steps: needs train.vectorize loop, fused "
+                          "or auto (vmap cannot recompute an inner step), found "
+                          f"{cfg.train.vectorize}")
     source = tasks.build(cfg.task)
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, source)
     algo = algorithms.build(cfg, model, source).to(device=device, dtype=dtype)
+    algo.autocast_dtype = AUTOCAST[getattr(cfg.train, "autocast", "off")]
     return Experiment(cfg, device, dtype, source, algo)

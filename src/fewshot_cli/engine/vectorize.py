@@ -9,6 +9,15 @@ allocator (``vmap`` wins by far for the sinusoid MLP; for conv4 on CPU vmap or
 fused win with one query per class, the loop can win with 15), so ``auto``
 times one meta-training step each way on a real meta-batch and remembers the
 answer in a small cache keyed by everything that could change it.
+
+``compiled`` (algorithms that declare it, and can run ``vmap``: it compiles that
+path's whole meta-gradient, see :mod:`.compiled`) costs a compilation first, of
+several seconds to a minute. ``auto`` therefore times it only where the run is long
+enough to repay one (the fastest eager path would take :data:`MIN_COMPILE_S` for the
+whole run), times the first call (the compilation) apart from the steady steps, and
+charges the run :data:`COMPILES_PER_RUN` such compilations spread over its
+iterations: it wins when ``seconds + COMPILES_PER_RUN * compile_s / iterations`` is
+the lowest. A compilation that fails there leaves ``compiled`` unavailable.
 """
 
 from __future__ import annotations
@@ -26,7 +35,16 @@ import torch
 from ..algorithms import PATHS, Algorithm, Path, Progress
 from ..errors import ConfigError, FewshotError
 from ..files import atomic_write_text, cache_root
+from .compiled import CompileError
 from .setup import Experiment
+
+#: ``compiled`` is timed only for a run whose fastest eager path takes this long in all.
+MIN_COMPILE_S = 10.0
+#: Compilations a run pays for: the timed one, the other thread count's (``threads``
+#: times both) and the meta-updates with logged metrics (another graph).
+COMPILES_PER_RUN = 3
+#: Cache-entry key of the compiled path's first-call seconds.
+COMPILE_KEY = "_compile_s"
 
 
 def cache_key(exp: Experiment) -> str:
@@ -44,9 +62,23 @@ def cache_key(exp: Experiment) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
+def available(algo: Algorithm) -> tuple[Path, ...]:
+    """The paths ``algo`` can run: its available paths, ``compiled`` only along with
+    ``vmap`` (it compiles that path)."""
+    paths = algo.available_paths
+    return tuple(p for p in paths if p != "compiled" or "vmap" in paths)
+
+
 def time_step(algo: Algorithm, batch, path: Path, device: torch.device,
               budget_s: float = 0.3) -> float:
     """Seconds of one meta-update (``meta_step``), best of a few, on a throwaway copy."""
+    return time_steps(algo, batch, path, device, budget_s)[1]
+
+
+def time_steps(algo: Algorithm, batch, path: Path, device: torch.device,
+               budget_s: float = 0.3) -> tuple[float, float]:
+    """Seconds of the first meta-update (a compilation, on the ``compiled`` path) and of
+    one after it, best of a few, on a throwaway copy."""
     optimizer = algo.configure_optimizer()
 
     def step() -> float:
@@ -58,15 +90,23 @@ def time_step(algo: Algorithm, batch, path: Path, device: torch.device,
             torch.cuda.synchronize(device)
         return time.perf_counter() - t
 
-    step()  # warm-up
+    first = step()  # warm-up
     times = [step()]
     while sum(times) < budget_s and len(times) < 20:
         times.append(step())
-    return min(times)
+    return first, min(times)
 
 
 def measure(exp: Experiment) -> dict[str, float | None]:
-    """Seconds per meta-update along each path the algorithm supports.
+    """Seconds per meta-update along each path the algorithm supports (see
+    :func:`measure_paths`)."""
+    return measure_paths(exp)[0]
+
+
+def measure_paths(exp: Experiment) -> tuple[dict[str, float | None], float | None]:
+    """Seconds per meta-update along each path the algorithm supports, and the
+    compilation's seconds (the ``compiled`` path's first call; None where not timed).
+    ``compiled`` is timed last, and only where the run is long enough (module docstring).
 
     Runs on a copy of the algorithm, with the global RNG state put back, so the
     run itself starts exactly as it would without the measurement. A path that
@@ -77,13 +117,21 @@ def measure(exp: Experiment) -> dict[str, float | None]:
     batch = exp.source.sample(exp.cfg.algorithm.meta_batch, gen, "train").to(exp.device,
                                                                                exp.dtype)
     timings: dict[str, float | None] = {}
+    compile_s: float | None = None
+    paths = available(exp.algo)
     rng = torch.get_rng_state()
     try:
-        for path in exp.algo.available_paths:
+        for path in sorted(paths, key=lambda p: p == "compiled"):  # compiled last
+            if path == "compiled" and not _worth_compiling(exp, timings):
+                continue
             probe = copy.deepcopy(exp.algo)
             try:
-                timings[path] = time_step(probe, batch, path, exp.device)
+                first, timings[path] = time_steps(probe, batch, path, exp.device)
+                if path == "compiled":
+                    compile_s = first
             except torch.cuda.OutOfMemoryError:
+                timings[path] = None
+            except CompileError:
                 timings[path] = None
             except RuntimeError as e:
                 msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -97,7 +145,21 @@ def measure(exp: Experiment) -> dict[str, float | None]:
     if all(v is None for v in timings.values()):
         raise FewshotError("train.vectorize: auto: every batching path ran out of GPU memory; "
                            "reduce algorithm.meta_batch")
-    return timings
+    return timings, compile_s
+
+
+def _worth_compiling(exp: Experiment, eager: dict[str, float | None]) -> bool:
+    """Whether the fastest eager path would take :data:`MIN_COMPILE_S` for the whole run."""
+    best = min((v for v in eager.values() if v is not None), default=None)
+    return best is None or best * exp.cfg.train.iterations >= MIN_COMPILE_S
+
+
+def _effective(exp: Experiment, timings: dict[str, float | None], compile_s: float | None
+               ) -> dict[str, float]:
+    """Seconds per meta-update with the compilations spread over the run's iterations."""
+    spread = COMPILES_PER_RUN * (compile_s or 0.0) / exp.cfg.train.iterations
+    return {p: v + (spread if p == "compiled" else 0.0) for p, v in timings.items()
+            if v is not None}
 
 
 def read_cache(file: PathLike) -> dict[str, Any]:
@@ -117,18 +179,27 @@ def write_cache(file: PathLike, cache: dict[str, Any]) -> None:
         pass
 
 
+def _seconds(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
 def _cached(cache: Any, key: str, paths: tuple[str, ...]) -> dict[str, float | None] | None:
+    """The cached timings of ``paths`` (``compiled`` may be missing: it was not timed),
+    with the compilation's seconds under :data:`COMPILE_KEY` where it was."""
     entry = cache.get(key) if isinstance(cache, dict) else None
-    if (isinstance(entry, dict) and set(entry) == set(paths)
-            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and math.isfinite(v) and v > 0) for v in entry.values())):
+    if not isinstance(entry, dict):
+        return None
+    timed = {k: v for k, v in entry.items() if k != COMPILE_KEY}
+    if (set(timed) in (set(paths), set(paths) - {"compiled"})
+            and all(v is None or _seconds(v) for v in timed.values())
+            and (entry.get(COMPILE_KEY) is None or _seconds(entry[COMPILE_KEY]))):
         return entry
     return None
 
 
 def choose(exp: Experiment, requested: str) -> tuple[Path, dict[str, Any]]:
     """The batching path to use and how it was decided (recorded in meta.json)."""
-    paths = exp.algo.available_paths
+    paths = available(exp.algo)
     if requested in PATHS:
         if requested not in paths:
             raise ConfigError(
@@ -141,15 +212,24 @@ def choose(exp: Experiment, requested: str) -> tuple[Path, dict[str, Any]]:
     file = cache_root() / "vectorize.json"
     key = cache_key(exp)
     cache = read_cache(file)
-    timings = _cached(cache, key, paths)
+    entry = _cached(cache, key, paths)
+    if (entry is not None and "compiled" in paths and "compiled" not in entry
+            and _worth_compiling(exp, entry)):
+        entry = None  # compiled was not timed for a shorter run; this one may repay it
     source = "cached measurement"
-    if timings is None:
-        timings = measure(exp)
+    if entry is None:
+        timings, compile_s = measure_paths(exp)
         source = "measured"
-        cache[key] = timings
+        cache[key] = {**timings, COMPILE_KEY: compile_s} if "compiled" in timings else timings
         write_cache(file, cache)
-    mode: Path = min((p for p in timings if timings[p] is not None),  # type: ignore[assignment]
-                     key=lambda p: timings[p])
-    return mode, {"requested": "auto", "mode": mode, "source": source,
-                  "seconds_per_step": {k: None if v is None else round(v, 6)
-                                       for k, v in timings.items()}}
+    else:
+        compile_s = entry.get(COMPILE_KEY)
+        timings = {k: v for k, v in entry.items() if k != COMPILE_KEY}
+    effective = _effective(exp, timings, compile_s)
+    mode: Path = min(effective, key=lambda p: effective[p])  # type: ignore[assignment]
+    info = {"requested": "auto", "mode": mode, "source": source,
+            "seconds_per_step": {k: None if v is None else round(v, 6)
+                                 for k, v in timings.items()}}
+    if compile_s is not None:
+        info["compile_seconds"] = round(compile_s, 3)
+    return mode, info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -48,6 +49,63 @@ class MLP(nn.Module):
         features, hidden = self.features(x, return_hidden=True)
         out = self.apply_head(features)
         return (out, hidden) if return_hidden else out
+
+    # -- B networks at once (the ``fused`` batching path) ----------------------------------
+    def forward_tasks(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                      return_hidden: bool = False):
+        """Outputs of B networks at once: task b's parameters on task b's inputs.
+
+        ``params`` maps every name of ``named_parameters()`` to a ``[B, *shape]`` stack of
+        per-task values (a tensor of the plain ``shape`` is shared by all tasks); ``x`` is
+        ``[B, n, ...]``. Returns ``[B, n, out]`` (and with ``return_hidden`` every hidden
+        layer's activations, ``[B, n, h]``), equal to stacking ``functional_call(self,
+        params_b, (x_b,))`` over b. Each layer is one ``torch.baddbmm`` (one autograd node
+        for the product and the bias).
+        """
+        features, hidden = self.features_tasks(params, x, return_hidden=True)
+        out = self.apply_head_tasks(params, features)
+        return (out, hidden) if return_hidden else out
+
+    def features_tasks(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                       return_hidden: bool = False):
+        """:meth:`features` of B networks at once (see :meth:`forward_tasks`): ``[B, n, F]``
+        (and with ``return_hidden`` every hidden layer's activations)."""
+        if x.dim() < 3:
+            raise ValueError(f"forward_tasks expects inputs [B, n, ...], got {tuple(x.shape)}")
+        x = x.flatten(2) if x.dim() > 3 else x
+        hidden = []
+        for i in range(len(self.layers) - 1):
+            x = self.act(self._linear_tasks(params, i, x))
+            hidden.append(x)
+        return (x, hidden) if return_hidden else x
+
+    def apply_head_tasks(self, params: Mapping[str, torch.Tensor], features: torch.Tensor
+                         ) -> torch.Tensor:
+        """:meth:`apply_head` of B networks at once: ``[B, n, F]`` to ``[B, n, out]``."""
+        return self._linear_tasks(params, len(self.layers) - 1, features)
+
+    def _linear_tasks(self, params: Mapping[str, torch.Tensor], i: int, x: torch.Tensor
+                      ) -> torch.Tensor:
+        """Layer ``i`` of B networks on ``x [B, n, in]``: ``bias_b + x_b @ weight_b^T``."""
+        b, layer = x.shape[0], self.layers[i]
+        shape = (layer.out_features, layer.in_features)
+        weight = self._stacked(params, f"layers.{i}.weight", shape, b)
+        bias = self._stacked(params, f"layers.{i}.bias", shape[:1], b)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def _stacked(params: Mapping[str, torch.Tensor], name: str, shape: tuple[int, ...],
+                 b: int) -> torch.Tensor:
+        """``params[name]`` as a ``[B, *shape]`` stack (a plain-shape tensor is shared)."""
+        if name not in params:
+            raise KeyError(f"forward_tasks: missing parameter {name}")
+        p = params[name]
+        if p.shape == shape:
+            return p.expand(b, *shape)
+        if p.shape[1:] != shape or p.shape[0] != b:
+            raise ValueError(f"forward_tasks: {name} has shape {tuple(p.shape)}, expected "
+                             f"{(b, *shape)} or {tuple(shape)}")
+        return p
 
 
 def flat_size(shape: tuple[int, ...]) -> int:

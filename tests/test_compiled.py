@@ -1,0 +1,143 @@
+"""The ``compiled`` batching path (one compiled meta-gradient) and the MLP's ``fused`` path
+against the eager loop, in float64; and how ``auto`` weighs a compilation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms.maml import MAML
+from fewshot_cli.config import MAMLConfig, SinusoidTask, load_config
+from fewshot_cli.engine import compiled, vectorize
+from fewshot_cli.engine.setup import build_experiment
+from fewshot_cli.errors import ConfigError
+from fewshot_cli.models import MLP
+from fewshot_cli.tasks.base import TaskBatch, TaskShape
+from fewshot_cli.tasks.sinusoid import SinusoidTasks
+
+SINE_SHAPE = TaskShape("regression", (1,), 1)
+SINE = Path(__file__).resolve().parents[1] / "configs" / "sine-maml.yaml"
+
+
+def _setup(steps: int = 2, seed: int = 0, **options: object) -> tuple[MAML, TaskBatch]:
+    torch.manual_seed(seed)
+    model = MLP(1, 1, [5, 4]).double()
+    algo = MAML(model, MAMLConfig(loss="mse", inner_lr=0.05, inner_steps=steps, **options),
+                SINE_SHAPE)
+    batch = SinusoidTasks(SinusoidTask(shots=5, queries=6)).sample(
+        3, torch.Generator().manual_seed(seed)).to("cpu", torch.float64)
+    return algo, batch
+
+
+def _eager_grads(algo: MAML, batch: TaskBatch, path: str, progress: Progress
+                 ) -> dict[str, torch.Tensor]:
+    algo.zero_grad(set_to_none=True)
+    loss, _ = algo.meta_loss(batch, path, progress)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in algo.named_parameters()}
+
+
+def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for n in want:
+        rel = (got[n] - want[n]).abs().max() / want[n].abs().max()
+        assert rel < 1e-10, (n, rel.item())
+
+
+class _Recorder:
+    """A one-process ``Sync`` that records the gradients it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, torch.Tensor]] = []
+
+    def gradients(self, module: nn.Module) -> None:
+        self.seen.append({n: p.grad.clone() for n, p in module.named_parameters()})
+
+
+def test_compiled_meta_gradient_equals_the_eager_loop() -> None:
+    """The one compiled test (inductor): ``meta_step`` on ``compiled`` sets ``.grad`` to the
+    eager loop's meta-gradient, hands it to ``sync.gradients`` before the optimiser step."""
+    algo, batch = _setup(steps=2)
+    progress = Progress(1, 1)
+    want = _eager_grads(algo, batch, "loop", progress)
+    _assert_close(_eager_grads(algo, batch, "fused", progress), want)
+    algo.sync = _Recorder()  # type: ignore[assignment]
+    before = {n: p.detach().clone() for n, p in algo.named_parameters()}
+    optimizer = torch.optim.SGD(algo.parameters(), lr=0.1)
+    metrics = algo.meta_step(batch, "compiled", progress, optimizer)
+    _assert_close(algo.sync.seen[0], want)
+    _assert_close({n: p.grad for n, p in algo.named_parameters()}, want)
+    for n, p in algo.named_parameters():
+        assert torch.allclose(p.detach(), before[n] - 0.1 * want[n], rtol=0, atol=1e-12)
+    eager_loss, eager_metrics = MAML.meta_loss(algo, batch, "loop", progress)
+    assert set(metrics) == {"loss", *eager_metrics}
+    assert metrics["inner_loss"].shape == eager_metrics["inner_loss"].shape
+
+
+def test_an_objective_that_changes_every_iteration_falls_back_to_eager(monkeypatch) -> None:
+    """MAML++'s multi-step loss reads the iteration: rather than recompiling every
+    iteration, the algorithm switches to the eager vmap path (dynamo-only backend here)."""
+    fn = torch.func.grad_and_value(compiled._objective, argnums=1, has_aux=True)
+    monkeypatch.setattr(compiled, "_meta_gradient",
+                        torch.compile(fn, fullgraph=True, dynamic=False, backend="eager"))
+    algo, batch = _setup(steps=2, seed=1, msl_iterations=10)
+    optimizer = torch.optim.SGD(algo.parameters(), lr=0.0)
+    for it in (1, 2, 3):
+        progress = Progress(it, 20, logged=False)
+        want = _eager_grads(algo, batch, "loop", progress)
+        if it == 2:
+            with pytest.warns(RuntimeWarning, match="eager vmap path"):
+                algo.meta_step(batch, "compiled", progress, optimizer)
+        else:
+            algo.meta_step(batch, "compiled", progress, optimizer)
+        _assert_close({n: p.grad for n, p in algo.named_parameters()}, want)
+    assert compiled.uses_eager(algo)
+
+
+def _sine(iterations: int):
+    cfg = load_config(SINE, [f"train.iterations={iterations}", "device=cpu"])
+    return build_experiment(cfg, torch.device("cpu"))
+
+
+def test_auto_times_compiled_only_for_a_run_that_can_repay_it(monkeypatch) -> None:
+    exp = _sine(20)
+    calls: list[str] = []
+    real = vectorize.time_steps
+
+    def spy(algo, batch, path, device, budget_s=0.3):  # noqa: ANN001, ANN202
+        calls.append(path)
+        return real(algo, batch, path, device, budget_s=0.02)
+
+    monkeypatch.setattr(vectorize, "time_steps", spy)
+    timings, compile_s = vectorize.measure_paths(exp)
+    assert "compiled" in vectorize.available(exp.algo)
+    assert "compiled" not in calls and "compiled" not in timings and compile_s is None
+
+
+@pytest.mark.parametrize(("iterations", "expected"), [(100, "vmap"), (100_000, "compiled")])
+def test_auto_charges_the_compilation_to_the_run(tmp_path: Path, monkeypatch, iterations: int,
+                                                 expected: str) -> None:
+    """Compiled at 0.5 ms against vmap at 2 ms, after 30 s compilations: worth it over
+    100,000 iterations, not over 100. Read from a cached measurement."""
+    exp = _sine(iterations)
+    monkeypatch.setattr(vectorize, "cache_root", lambda: tmp_path)
+    entry = {"vmap": 2e-3, "loop": 4e-2, "fused": 3e-3, "compiled": 5e-4,
+             vectorize.COMPILE_KEY: 30.0}
+    (tmp_path / "vectorize.json").write_text(json.dumps({vectorize.cache_key(exp): entry}))
+    mode, info = vectorize.choose(exp, "auto")
+    assert mode == expected and info["source"] == "cached measurement"
+    assert info["compile_seconds"] == 30.0 and set(info["seconds_per_step"]) == set(entry) - {
+        vectorize.COMPILE_KEY}
+
+
+def test_compiled_is_not_offered_without_vmap(monkeypatch) -> None:
+    exp = _sine(20)
+    monkeypatch.setattr(MAML, "available_paths", property(lambda self: ("loop", "compiled")))
+    assert vectorize.available(exp.algo) == ("loop",)
+    with pytest.raises(ConfigError, match="compiled is not available"):
+        vectorize.choose(exp, "compiled")
