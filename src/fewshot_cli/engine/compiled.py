@@ -19,6 +19,7 @@ that algorithm to the eager ``vmap`` path instead (same mathematics), with a war
 
 from __future__ import annotations
 
+import logging
 import warnings
 import weakref
 from typing import Any
@@ -30,6 +31,10 @@ from torch.func import functional_call, grad_and_value
 
 from ..errors import FewshotError
 from ..tasks.base import TaskBatch
+
+# A CUDA build of torch compiling for the CPU of a machine without a GPU logs a warning
+# about the CUDA runtime on every compile; it says nothing about this run.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 #: The eager path the compiled function is built from, and the fallback.
 INNER_PATH = "vmap"

@@ -125,6 +125,8 @@ def start(cfg: Config, *, runs_root: Path, run_dir: Path | None, console: Consol
           show_progress: bool = True) -> tuple[RunDir, Outcome]:
     """Build ``cfg`` (data, device and path errors come before any folder exists),
     create its run directory and train; across processes when launched by ``torchrun``."""
+    if run_dir is not None and Path(run_dir).exists():  # before any slow set-up
+        raise RunDirError(f"{run_dir}: --run-dir must not exist yet (it would be overwritten)")
     sync, device = join(cfg)
     exp = _build_on_every_rank(cfg, sync, device)
     path, info = _path_for_every_rank(exp, console, sync)

@@ -38,8 +38,11 @@ from ..files import atomic_write_text, cache_root
 from .compiled import CompileError
 from .setup import Experiment
 
-#: ``compiled`` is timed only for a run whose fastest eager path takes this long in all.
-MIN_COMPILE_S = 10.0
+#: ``compiled`` is timed only for a run whose fastest eager path takes this long in all: a
+#: compilation costs 30-130 s on a 2-core CPU (a few seconds from torch's warm cache), so
+#: timing one for a shorter run (the sinusoid's 70,000 iterations take ~2.5 min eager) would
+#: cost its user more than it could save.
+MIN_COMPILE_S = 600.0
 #: Compilations a run pays for: the timed one, the other thread count's (``threads``
 #: times both) and the meta-updates with logged metrics (another graph).
 COMPILES_PER_RUN = 3
