@@ -24,6 +24,9 @@ own Adam):
 
 Every timed iteration draws one meta-batch and gives it to every implementation, in an
 order rotated each iteration; the timed region is zero_grad + meta-gradient + Adam step.
+A full ``gc.collect()`` runs before every timed call unless ``--no-gc`` (training never
+forces one; after one, every implementation's next step is slower by a roughly fixed
+~1.5 ms, which is most of a compiled sinusoid step).
 Before timing, every implementation's meta-gradient is compared with the plain loop's in
 float32 and float64 (``--check64``) on the same weights and data. Prints a markdown table of
 medians and the speed of the project's fastest path against the fastest peer (the
@@ -324,13 +327,16 @@ def time_all(base: nn.Module, args: argparse.Namespace, impls: list[str]
         steps[name] = MAKERS[name](copy.deepcopy(base), args, adam(args))
     gen, times = torch.Generator().manual_seed(args.seed), {n: [] for n in impls}
     busy0 = own0 = wall0 = 0.0
+    if args.order == "blocks":
+        return _time_blocks(steps, args, gen, times)
     for it in range(args.warmup + args.iters):
         if it == args.warmup:
             busy0, own0, wall0 = busy_seconds(), time.process_time(), time.perf_counter()
         batch = draw(args, gen, torch.float32)
         r = it % len(impls)
         for name in impls[r:] + impls[:r]:
-            gc.collect()
+            if args.gc:
+                gc.collect()
             t0 = time.perf_counter()
             steps[name](batch)
             ms = (time.perf_counter() - t0) * 1e3
@@ -343,6 +349,28 @@ def time_all(base: nn.Module, args: argparse.Namespace, impls: list[str]
             "other_busy_cores": (busy_seconds() - busy0 - own) / wall,
             "loadavg_1min_end": os.getloadavg()[0]}
     return times, load
+
+
+def _time_blocks(steps: dict[str, Step], args: argparse.Namespace, gen: torch.Generator,
+                 times: dict[str, list[float]]
+                 ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """``--order blocks``: each implementation's iterations one after another (warm-up, then
+    the timed ones) on the same meta-batches, still in this one process."""
+    batches = [draw(args, gen, torch.float32) for _ in range(16)]
+    busy0, own0, wall0 = busy_seconds(), time.process_time(), time.perf_counter()
+    for name, step in steps.items():
+        for it in range(args.warmup + args.iters):
+            if args.gc:
+                gc.collect()
+            t0 = time.perf_counter()
+            step(batches[it % len(batches)])
+            if it >= args.warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        print(f"{name} done", file=sys.stderr, flush=True)
+    wall, own = time.perf_counter() - wall0, time.process_time() - own0
+    return times, {"this_process_cores": own / wall,
+                   "other_busy_cores": (busy_seconds() - busy0 - own) / wall,
+                   "loadavg_1min_end": os.getloadavg()[0]}
 
 
 def table(times: dict[str, list[float]], load: dict[str, float], args: argparse.Namespace,
@@ -400,6 +428,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-check64", dest="check64", action="store_false",
                    help="skip the float64 gradient check (float32 is always run)")
     p.add_argument("--json", help="also write medians, samples, checks and load here")
+    p.add_argument("--order", choices=["alternate", "blocks"], default="alternate",
+                   help="alternate: every implementation once per iteration, order rotated "
+                        "(default); blocks: each implementation's iterations in a row")
+    p.add_argument("--no-gc", dest="gc", action="store_false",
+                   help="do not run a full gc.collect() before every timed call (training "
+                        "never does; after one, a ~1 ms sinusoid step costs ~1.4 ms more)")
     args = p.parse_args(argv)
     sine = args.setting == "sine"
     for key, s, c in [("meta_batch", 25, 32), ("inner_lr", 0.01, 0.4), ("k_support", 10, 1),
