@@ -220,3 +220,41 @@ def test_fewer_tasks_than_processes_is_one_error_line(tmp_path: Path) -> None:
     ours = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert ours == ["error: algorithm.meta_batch: 1 tasks cannot be split over 2 processes "
                     "(each needs at least one)"]
+
+
+def test_ctrl_c_stops_every_rank_at_one_iteration_and_resumes_exactly(tmp_path: Path) -> None:
+    """SIGINT to the whole launch (Ctrl-C): the ranks agree on the iteration, last.pt is
+    saved there with every rank's random state, and resuming ends where an uninterrupted
+    run ends, bit for bit."""
+    common = ["--set", "device=cpu", "--set", "train.vectorize=vmap", "--set",
+              "train.dtype=float64", "--set", "train.checkpoint_every=50", "--set",
+              "train.iterations=1500", "--set", "algorithm.meta_batch=8"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    fewshot(str(CONFIGS / "sine-maml.yaml"), "--run-dir", str(whole), *common)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "fewshot_cli", "train", str(CONFIGS / "sine-maml.yaml"), "--run-dir",
+           str(part), "--no-progress", *common]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        meta_path, deadline = part / "meta.json", time.monotonic() + 120
+        while time.monotonic() < deadline:
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            if meta.get("checkpoint_iteration", 0) >= 50:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    meta = json.loads(meta_path.read_text())
+    assert meta["status"] == "interrupted", err[-3000:]
+    stopped = checkpoint.load(part / "checkpoints" / "last.pt")
+    assert stopped["iteration"] == meta["iteration"] < 1500 and len(stopped["rng_ranks"]) == 2
+    fewshot("--resume", str(part))
+    a = checkpoint.load(whole / "checkpoints" / "last.pt")
+    b = checkpoint.load(part / "checkpoints" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 1500
+    for k, v in a["algorithm"].items():
+        assert torch.equal(v, b["algorithm"][k]), k
