@@ -258,3 +258,27 @@ def test_ctrl_c_stops_every_rank_at_one_iteration_and_resumes_exactly(tmp_path: 
     assert a["iteration"] == b["iteration"] == 1500
     for k, v in a["algorithm"].items():
         assert torch.equal(v, b["algorithm"][k]), k
+
+
+def test_eval_split_over_processes_writes_what_one_process_writes(tmp_path: Path) -> None:
+    """``torchrun ... fewshot_cli eval``: each rank adapts every other chunk of the test
+    tasks; rank 0 writes the same eval.json as one process (but for times)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, "-m", "fewshot_cli"]
+    subprocess.run([*one, "train", str(CONFIGS / "sine-maml.yaml"), "--run-dir", str(run),
+                    "--no-progress", "--set", "train.iterations=50", "--set", "device=cpu"],
+                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([*one, "eval", str(run), "--tasks", "250"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    alone = json.loads((run / "eval.json").read_text())
+    r = torchrun("-m", "fewshot_cli", "eval", str(run), "--tasks", "250")
+    assert r.stderr.count("wrote ") == 1  # rank 0 alone reports and writes
+    split = json.loads((run / "eval.json").read_text())
+
+    def timeless(x: object) -> object:
+        if isinstance(x, dict):
+            return {k: timeless(v) for k, v in x.items() if k not in ("time", "seconds")}
+        return [timeless(v) for v in x] if isinstance(x, list) else x
+
+    assert timeless(split) == timeless(alone)

@@ -67,9 +67,17 @@ def _rank() -> int:
         return 0
 
 
+def _world() -> int:
+    """The number of processes of a ``torchrun`` launch (1 otherwise)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 1
+
+
 def _one_process(command: str) -> None:
-    """``eval`` and ``plot`` write their results from one process."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    """``plot`` draws from one process."""
+    if _world() > 1:
         raise ConfigError(f"fewshot {command} runs in one process; start it without torchrun")
 
 
@@ -209,8 +217,8 @@ def eval_(
 
     Reports the query loss (and accuracy) after 0..S inner steps, with 95% CIs.
     """
+    sync = None
     try:
-        _one_process("eval")
         if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
         shot_list = _int_list("--shots", shots, 1)
@@ -230,9 +238,22 @@ def eval_(
             shots=k, queries=queries, seed=seed, query_batch=query_batch and query_batch.value)
             for k in (shot_list or [None])]
         table_steps = step_list if step_list and len(step_list) > 1 else None
-        results = evaluate_protocols(run, protocols, device, inner_lr, baselines, table_steps)
+        if _world() > 1:  # under torchrun: the test tasks split over the processes
+            from .engine.runner import join
+
+            sync, rank_device = join(cfg, device)
+            device = None if rank_device is None else str(rank_device)
+        results = evaluate_protocols(run, protocols, device, inner_lr, baselines, table_steps,
+                                     sync)
     except FewshotError as e:
         raise _fail(e) from None
+    finally:
+        if sync is not None:
+            from .engine.distributed import stop
+
+            stop()
+    if _rank() != 0:
+        return
     _print_eval(results)
     try:
         run.write_eval(results)

@@ -30,6 +30,7 @@ from ..config import Config, EvalConfig
 from ..errors import ConfigError, FewshotError
 from ..rundir import RunDir
 from . import checkpoint, vectorize
+from .distributed import Sync
 from .setup import Experiment, build_experiment, resolve_device
 
 
@@ -149,7 +150,8 @@ def check_baseline(cfg: Config, baseline: RunDir, base_cfg: Config, what: str = 
 
 def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str | None = None,
                        inner_lr: float | None = None, baselines: Sequence[RunDir] = (),
-                       table_steps: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                       table_steps: Sequence[int] | None = None,
+                       sync: Sync | None = None) -> list[dict[str, Any]]:
     """Evaluate a run under every protocol (all with the checkpoint of the first), and
     each baseline run on exactly the same test tasks with the same protocol and inner step
     size. Returns one result per protocol and run, protocol by protocol, the run first.
@@ -158,7 +160,11 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
     protocols differing only in ``shots`` see the same task parameters (for sinusoids: the
     same amplitudes and phases). ``table_steps`` (the step counts to report, recorded in
     the settings) does not change what is computed: 0..steps.
+
+    Under ``torchrun`` (``sync``) every rank draws every chunk of tasks but adapts only
+    every world-th one; all ranks return the same results.
     """
+    sync = sync or Sync()
     cfg = run.read_config()
     which = protocols[0].checkpoint
     learned_lr = algorithm_class(cfg.algorithm.kind).learns_step_sizes(cfg.algorithm)
@@ -192,15 +198,22 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
         parts: list[list[Part]] = [[] for _ in models]
         for m in models:
             m.seconds = 0.0
-        left = settings.tasks
+        left, index = settings.tasks, 0
         while left > 0:
             n = min(left, settings.chunk)
             batch = exp.source.sample(n, gen, "test", shots=shots, queries=queries)
-            for m, out in zip(models, parts):
-                start = time.perf_counter()
-                out.append(_evaluate_chunk(m.exp, batch, steps, m.path, chunks))
-                m.seconds += time.perf_counter() - start
-            left -= n
+            if index % sync.world == sync.rank:
+                for m, out in zip(models, parts):
+                    start = time.perf_counter()
+                    out.append(_evaluate_chunk(m.exp, batch, steps, m.path, chunks))
+                    m.seconds += time.perf_counter() - start
+            left, index = left - n, index + 1
+        if sync.active:  # chunk i was adapted by rank i % world: put them back in order
+            mine = [(out, m.seconds) for m, out in zip(models, parts)]
+            every = sync.gather(mine)
+            for k, m in enumerate(models):
+                m.seconds = max(rank[k][1] for rank in every)
+                parts[k] = [every[i % sync.world][k][0][i // sync.world] for i in range(index)]
         for m, out in zip(models, parts):
             result = _result(m, cfg, settings, torch.cat([p.curve for p in out]), steps,
                              shots, queries, classification, table_steps)

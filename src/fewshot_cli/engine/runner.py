@@ -52,13 +52,13 @@ def _tensorboard(cfg: Config, run: RunDir, purge_step: int | None) -> Any:
     return TensorBoardLog(run.path / "tensorboard", purge_step)
 
 
-def join(cfg: Config) -> tuple[Sync, torch.device | None]:
+def join(cfg: Config, device_spec: str | None = None) -> tuple[Sync, torch.device | None]:
     """This process's place in a ``torchrun`` launch (one process otherwise), and the
     device it trains on: ``cuda:LOCAL_RANK`` for a CUDA run across processes (with the
     ``gloo`` backend, more processes than GPUs share them in turn)."""
     if not distributed.launched():
         return Sync(), None
-    device = resolve_device(cfg.device)
+    device = resolve_device(device_spec or cfg.device)
     backend = cfg.train.dist_backend
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -72,7 +72,12 @@ def join(cfg: Config) -> tuple[Sync, torch.device | None]:
                               "per node, or share them with --set train.dist_backend=gloo")
         device = torch.device("cuda", local % count)
         torch.cuda.set_device(device)
-    sync = distributed.start(cfg.train.dist_timeout, backend, device)
+    return distributed.start(cfg.train.dist_timeout, backend, device), device
+
+
+def join_training(cfg: Config) -> tuple[Sync, torch.device | None]:
+    """:func:`join`, for training: every rank needs at least one task of a meta-batch."""
+    sync, device = join(cfg)
     if cfg.algorithm.meta_batch < sync.world:
         raise AgreedError(f"algorithm.meta_batch: {cfg.algorithm.meta_batch} tasks cannot be "
                           f"split over {sync.world} processes (each needs at least one)", 2)
@@ -127,7 +132,7 @@ def start(cfg: Config, *, runs_root: Path, run_dir: Path | None, console: Consol
     create its run directory and train; across processes when launched by ``torchrun``."""
     if run_dir is not None and Path(run_dir).exists():  # before any slow set-up
         raise RunDirError(f"{run_dir}: --run-dir must not exist yet (it would be overwritten)")
-    sync, device = join(cfg)
+    sync, device = join_training(cfg)
     exp = _build_on_every_rank(cfg, sync, device)
     path, info = _path_for_every_rank(exp, console, sync)
     dist_meta = _distributed_meta(exp, sync) if sync.active else None
@@ -192,7 +197,7 @@ def resume(path: Path, overrides: list[str], *, console: Console,
     run = RunDir.open(path)
     status = run.status()  # before taking the lock, which would make it look alive
     cfg = resume_config(run, overrides)
-    sync, device = join(cfg)
+    sync, device = join_training(cfg)
     with StopSignals(_announce(console) if sync.main else None) as stop, ExitStack() as stack:
         error, state, meta, finished = None, None, {}, None
         try:
