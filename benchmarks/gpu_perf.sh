@@ -11,6 +11,12 @@
 #      (benchmarks/time_to_accuracy.py; the compiled path when auto picks it).
 #
 #   OMNIGLOT_TGZ=.gpu/omniglot.tgz bash benchmarks/gpu_perf.sh OUT_DIR
+#
+# On a lent device machine without network (torch, typer, rich, pyyaml, matplotlib there;
+# pydantic travels as wheels in .whl/, Omniglot as .gpu/omniglot.tgz, both carried):
+#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+#   PYTHONPATH=/tmp/site OMNIGLOT_TGZ=.gpu/omniglot.tgz bash benchmarks/gpu_perf.sh $OUT
+# Written in a session whose device time was spent elsewhere: not yet run on a GPU.
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
 export FEWSHOT_OMNIGLOT="$root"
