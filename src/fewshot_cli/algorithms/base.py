@@ -4,8 +4,9 @@ and what the engine (trainer, evaluator, plots) calls.
 An algorithm is an ``nn.Module`` that owns the network (``self.model``) and
 any extra meta-learned tensors (learned step sizes, a learned loss, ...), so
 they share one ``state_dict`` and one optimiser. It never mutates the network
-during adaptation: fast weights are a dict of tensors passed to
-``torch.func.functional_call``.
+during adaptation: fast weights are a dict of tensors that :meth:`Algorithm.forward`
+puts in the network's place for one call (``torch.func.functional_call``'s contract,
+without its per-call walk over the modules).
 
 A subclass writes, for **one task**:
 
