@@ -70,6 +70,18 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out.argmax(dim=-1) == y).to(out.dtype).mean()
 
 
+#: The same functions over a leading task dimension, ``[B, n, ...] -> [B]``, written out:
+#: the fused path's per-task losses without ``vmap``'s wrapping (~10% of a sinusoid
+#: meta-iteration on that path).
+PER_TASK: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
+    mse: lambda out, y: (out - y).pow(2).flatten(1).mean(1),
+    l1: lambda out, y: (out - y).abs().flatten(1).mean(1),
+    cross_entropy: lambda out, y: F.cross_entropy(
+        out.flatten(0, 1), y.flatten(0, 1), reduction="none").view(out.shape[0], -1).mean(1),
+    accuracy: lambda out, y: (out.argmax(dim=-1) == y).to(out.dtype).flatten(1).mean(1),
+}
+
+
 class Support(NamedTuple):
     """All that adaptation may see of a task: ``x [S, ...]``, ``y [S, ...]`` and,
     where the task has them, unlabelled inputs ``unlabelled [U, ...]`` (a
@@ -262,7 +274,10 @@ class Algorithm(nn.Module):
     def per_task(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  out: torch.Tensor, y: torch.Tensor, ctx: Context) -> torch.Tensor:
         """``fn(out, y)`` of one task, or ``[B]`` of every task on the fused path."""
-        return vmap(fn)(out, y) if ctx.fused else fn(out, y)
+        if not ctx.fused:
+            return fn(out, y)
+        batched = PER_TASK.get(fn)
+        return batched(out, y) if batched is not None else vmap(fn)(out, y)
 
     def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                   ctx: Context) -> torch.Tensor:
