@@ -151,6 +151,32 @@ class Evaluation(NamedTuple):
     probed: torch.Tensor | None      # [B, 2, G, out]: predictions on probe inputs, before/after
 
 
+def inner_gradient(total: Callable[[Params], tuple[torch.Tensor, Any]], params: Params,
+                   create_graph: bool) -> tuple[Params, Any]:
+    """The gradient of ``total(params)[0]`` with respect to ``params``, and the auxiliary
+    ``total(params)[1]``; kept in the graph with ``create_graph``, else detached.
+
+    Outside any ``torch.func`` transform (the loop and fused paths) it is plain
+    ``torch.autograd.grad``, about half the cost of ``grad_and_value`` and a smaller graph
+    for the outer backward; under no_grad (a checkpointed inner step's first pass) the
+    same operations, kept out of any graph. Under ``vmap`` it is ``grad_and_value``.
+    """
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            leaves = {k: p if graph and p.requires_grad else p.detach().requires_grad_()
+                      for k, p in params.items()}
+            summed, aux = total(leaves)
+            grads = dict(zip(leaves, torch.autograd.grad(
+                summed, tuple(leaves.values()), create_graph=create_graph and graph,
+                materialize_grads=True)))
+    else:
+        grads, (_, aux) = grad_and_value(total, has_aux=True)(params)
+    if not create_graph:
+        grads = {k: g.detach() for k, g in grads.items()}
+    return grads, aux
+
+
 def stack_params(params: Params, n_tasks: int) -> Params:
     """Every tensor repeated (as a view) along a new leading task dimension."""
     return {k: v.expand(n_tasks, *v.shape) for k, v in params.items()}
@@ -291,29 +317,14 @@ class Algorithm(nn.Module):
 
         On the fused path the gradient of the summed task losses with respect to
         the ``[B, ...]`` stacks is exactly the stack of per-task gradients, at
-        any order, since task b's loss depends on slice b alone.
-
-        Outside any ``torch.func`` transform (the loop and fused paths) the gradient is
-        plain ``torch.autograd.grad``, about half the cost of ``grad_and_value`` and a
-        smaller graph for the outer backward; under ``vmap`` it is ``grad_and_value``.
+        any order, since task b's loss depends on slice b alone. The gradient is
+        :func:`inner_gradient`'s.
         """
         def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
             loss = self.task_loss(p, x, y, ctx)
             return loss.sum(), loss
 
-        if torch._C._functorch.peek_interpreter_stack() is None:
-            graph = torch.is_grad_enabled()
-            with torch.enable_grad():
-                leaves = {k: p if graph and p.requires_grad else p.detach().requires_grad_()
-                          for k, p in params.items()}
-                summed, loss = total(leaves)
-                grads = dict(zip(leaves, torch.autograd.grad(
-                    summed, tuple(leaves.values()), create_graph=create_graph and graph,
-                    materialize_grads=True)))
-        else:
-            grads, (_, loss) = grad_and_value(total, has_aux=True)(params)
-        if not create_graph:
-            grads = {k: g.detach() for k, g in grads.items()}
+        grads, loss = inner_gradient(total, params, create_graph)
         if isinstance(lr, dict):
             return {k: p - lr[k] * grads[k] for k, p in params.items()}, loss.detach()
         return {k: p - lr * grads[k] for k, p in params.items()}, loss.detach()

@@ -78,13 +78,23 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value
+from torch.func import functional_call
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..config import AlgorithmSection
 from ..errors import ConfigError
 from ..tasks.base import TaskBatch, TaskSource
-from .base import Algorithm, Context, Metrics, Params, Path, Progress, Query, Support
+from .base import (
+    Algorithm,
+    Context,
+    Metrics,
+    Params,
+    Path,
+    Progress,
+    Query,
+    Support,
+    inner_gradient,
+)
 
 #: MSL: the floor of every weight but the last is this over S (the code's
 #: ``min_value_for_non_final_losses``).
@@ -317,23 +327,8 @@ class MAML(Algorithm):
             loss = self.per_task(self.loss_fn, out[0], support.y, ctx)
             return loss.sum(), (loss, out[1])
 
-        if torch._C._functorch.peek_interpreter_stack() is None:
-            # no torch.func transform around (loop, fused): plain autograd, as sgd_step;
-            # under no_grad (a checkpointed step's first pass) the same, kept out of
-            # any graph
-            graph = torch.is_grad_enabled()
-            with torch.enable_grad():
-                leaves = {k: p if graph and p.requires_grad else p.detach().requires_grad_()
-                          for k, p in adapted.items()}
-                summed, aux = total(leaves)
-                grads = dict(zip(leaves, torch.autograd.grad(
-                    summed, tuple(leaves.values()), create_graph=create_graph and graph,
-                    materialize_grads=True)))
-        else:
-            grads, (_, aux) = grad_and_value(total, has_aux=True)(adapted)
+        grads, aux = inner_gradient(total, adapted, create_graph)
         loss, stats = aux if collect else (aux, None)
-        if not create_graph:
-            grads = {k: g.detach() for k, g in grads.items()}
         new = {k: p - (lr[k] if isinstance(lr, dict) else lr) * grads[k]
                for k, p in adapted.items()}
         if collect:
