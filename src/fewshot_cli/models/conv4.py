@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .stacking import stacked
+
 
 def batch_stat_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                     eps: float) -> torch.Tensor:
@@ -295,16 +297,8 @@ class Conv4(nn.Module):
         return self.get_parameter(name).shape
 
     def _stacked(self, params: Mapping[str, torch.Tensor], name: str, b: int) -> torch.Tensor:
-        """``params[name]`` as a ``[B, *shape]`` stack (a plain-shape tensor is shared)."""
-        if name not in params:
-            raise KeyError(f"forward_tasks: missing parameter {name}")
-        p, shape = params[name], self._shape(name)
-        if p.shape == shape:
-            return p.expand(b, *shape)
-        if p.shape[1:] != shape or p.shape[0] != b:
-            raise ValueError(f"forward_tasks: {name} has shape {tuple(p.shape)}, expected "
-                             f"{(b, *shape)} or {tuple(shape)}")
-        return p
+        """``params[name]`` as a ``[B, *shape]`` stack (:func:`.stacking.stacked`)."""
+        return stacked(params, name, self._shape(name), b)
 
     def features_tasks(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
                        return_hidden: bool = False, stats: list[torch.Tensor] | None = None):

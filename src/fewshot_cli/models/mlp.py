@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .stacking import stacked
+
 
 class MLP(nn.Module):
     """``in -> hidden[0] -> ... -> out`` with an activation between layers.
@@ -89,23 +91,9 @@ class MLP(nn.Module):
         """Layer ``i`` of B networks on ``x [B, n, in]``: ``bias_b + x_b @ weight_b^T``."""
         b, layer = x.shape[0], self.layers[i]
         shape = (layer.out_features, layer.in_features)
-        weight = self._stacked(params, f"layers.{i}.weight", shape, b)
-        bias = self._stacked(params, f"layers.{i}.bias", shape[:1], b)
+        weight = stacked(params, f"layers.{i}.weight", shape, b)
+        bias = stacked(params, f"layers.{i}.bias", shape[:1], b)
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-
-    @staticmethod
-    def _stacked(params: Mapping[str, torch.Tensor], name: str, shape: tuple[int, ...],
-                 b: int) -> torch.Tensor:
-        """``params[name]`` as a ``[B, *shape]`` stack (a plain-shape tensor is shared)."""
-        if name not in params:
-            raise KeyError(f"forward_tasks: missing parameter {name}")
-        p = params[name]
-        if p.shape == shape:
-            return p.expand(b, *shape)
-        if p.shape[1:] != shape or p.shape[0] != b:
-            raise ValueError(f"forward_tasks: {name} has shape {tuple(p.shape)}, expected "
-                             f"{(b, *shape)} or {tuple(shape)}")
-        return p
 
 
 def flat_size(shape: tuple[int, ...]) -> int:
