@@ -30,13 +30,20 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available in this build")
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+
+
+def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc-per-node N ARGS``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", *args]
+
+
 def torchrun(*args: str, nproc: int = 2, timeout: float = 300,
              check: bool = True) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc-per-node N ARGS`` with one thread per process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", *args]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(torchrun_command(*args, nproc=nproc), env=ENV, capture_output=True,
+                       text=True, timeout=timeout)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return r
@@ -44,6 +51,27 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 300,
 
 def fewshot(*args: str, nproc: int = 2, **kw: object) -> subprocess.CompletedProcess[str]:
     return torchrun("-m", "fewshot_cli", "train", *args, "--no-progress", nproc=nproc, **kw)
+
+
+def start_training(run: Path, *settings: str) -> subprocess.Popen[str]:
+    """Two processes training sine-maml.yaml into ``run`` in the background, in a process
+    group of their own (as a terminal's Ctrl-C reaches them)."""
+    return subprocess.Popen(
+        torchrun_command("-m", "fewshot_cli", "train", str(CONFIGS / "sine-maml.yaml"),
+                         "--run-dir", str(run), "--no-progress", *settings),
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+def wait_for_checkpoint(run: Path, iteration: int) -> dict[str, object]:
+    """meta.json once the run has checkpointed at ``iteration`` or later."""
+    meta_path, deadline = run / "meta.json", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if meta.get("checkpoint_iteration", 0) >= iteration:
+            return meta
+        time.sleep(0.05)
+    pytest.fail(f"the run never checkpointed at iteration {iteration}")
 
 
 def concat(parts: list[TaskBatch]) -> TaskBatch:
@@ -169,29 +197,16 @@ def test_a_rank_that_dies_ends_the_run_cleanly(tmp_path: Path) -> None:
     """SIGKILL rank 1 mid-run: rank 0 ends within the timeout, the status is failed and
     names the rank, and last.pt still loads at its checkpoint iteration."""
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node=2", "-m", "fewshot_cli", "train", str(CONFIGS / "sine-maml.yaml"),
-           "--run-dir", str(run), "--no-progress", "--set", "device=cpu",
-           "--set", "train.checkpoint_every=20", "--set", "train.dist_timeout=60",
-           "--set", "train.vectorize=vmap"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = start_training(run, "--set", "device=cpu", "--set", "train.checkpoint_every=20",
+                          "--set", "train.dist_timeout=60", "--set", "train.vectorize=vmap")
     try:
-        meta_path, deadline = run / "meta.json", time.monotonic() + 120
-        while time.monotonic() < deadline:
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            if meta.get("checkpoint_iteration", 0) >= 20:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never reached its first checkpoint")
+        meta = wait_for_checkpoint(run, 20)
         os.kill(meta["distributed"]["pids"][1], signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode != 0
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "failed", meta
     assert meta["failure"]["rank"] == 1, meta["failure"]
     assert "distributed training failed" in err
@@ -231,24 +246,14 @@ def test_ctrl_c_stops_every_rank_at_one_iteration_and_resumes_exactly(tmp_path: 
               "train.iterations=1500", "--set", "algorithm.meta_batch=8"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     fewshot(str(CONFIGS / "sine-maml.yaml"), "--run-dir", str(whole), *common)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "fewshot_cli", "train", str(CONFIGS / "sine-maml.yaml"), "--run-dir",
-           str(part), "--no-progress", *common]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = start_training(part, *common)
     try:
-        meta_path, deadline = part / "meta.json", time.monotonic() + 120
-        while time.monotonic() < deadline:
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            if meta.get("checkpoint_iteration", 0) >= 50:
-                break
-            time.sleep(0.05)
+        wait_for_checkpoint(part, 50)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads((part / "meta.json").read_text())
     assert meta["status"] == "interrupted", err[-3000:]
     stopped = checkpoint.load(part / "checkpoints" / "last.pt")
     assert stopped["iteration"] == meta["iteration"] < 1500 and len(stopped["rng_ranks"]) == 2
@@ -264,12 +269,11 @@ def test_eval_split_over_processes_writes_what_one_process_writes(tmp_path: Path
     """``torchrun ... fewshot_cli eval``: each rank adapts every other chunk of the test
     tasks; rank 0 writes the same eval.json as one process (but for times)."""
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = [sys.executable, "-m", "fewshot_cli"]
     subprocess.run([*one, "train", str(CONFIGS / "sine-maml.yaml"), "--run-dir", str(run),
                     "--no-progress", "--set", "train.iterations=50", "--set", "device=cpu"],
-                   env=env, check=True, capture_output=True, timeout=300)
-    subprocess.run([*one, "eval", str(run), "--tasks", "250"], env=env, check=True,
+                   env=ENV, check=True, capture_output=True, timeout=300)
+    subprocess.run([*one, "eval", str(run), "--tasks", "250"], env=ENV, check=True,
                    capture_output=True, timeout=300)
     alone = json.loads((run / "eval.json").read_text())
     r = torchrun("-m", "fewshot_cli", "eval", str(run), "--tasks", "250")
