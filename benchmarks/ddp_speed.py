@@ -60,8 +60,7 @@ def measure(config: str, overrides: list[str], tasks_per_rank: int | None, iters
     paths = exp.algo.available_paths
     path = path_arg or (cfg.train.vectorize if cfg.train.vectorize in paths else
                         "fused" if "fused" in paths else "vmap")
-    share = distributed.share(cfg.algorithm.meta_batch, sync.rank, sync.world)
-    sync.weight = share / cfg.algorithm.meta_batch
+    share = sync.split(cfg.algorithm.meta_batch)
     gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed, sync.rank))
     optimizer = exp.algo.configure_optimizer()
     reduce_s: list[float] = []

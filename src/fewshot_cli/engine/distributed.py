@@ -67,6 +67,13 @@ class Sync:
     world: int = 1
     weight: float = 1.0  # this rank's share of the meta-batch, over the meta-batch
 
+    def split(self, total: int) -> int:
+        """This rank's share of a meta-batch of ``total`` tasks (:func:`share`); from now on
+        the gradient and metric averages weight this rank by it."""
+        n = share(total, self.rank, self.world)
+        self.weight = n / total
+        return n
+
     @property
     def active(self) -> bool:
         return self.world > 1

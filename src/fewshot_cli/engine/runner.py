@@ -229,6 +229,7 @@ def resume(path: Path, overrides: list[str], *, console: Console,
             threads.apply(n if isinstance(n, int) and n >= 1 else 1)
         else:
             chosen, meta["vectorize"] = _path_for_every_rank(exp, console, sync)
+        dist_meta = _distributed_meta(exp, sync) if sync.active else None  # a collective
         if sync.main:
             run.truncate_metrics(done)
             if overrides:
@@ -240,13 +241,11 @@ def resume(path: Path, overrides: list[str], *, console: Console,
                                             "command": list(sys.argv)}])
             meta.pop("ended", None)
             meta.pop("failure", None)
-            if sync.active:
-                meta["distributed"] = _distributed_meta(exp, sync)
+            if dist_meta is not None:
+                meta["distributed"] = dist_meta
             run.write_meta(meta)
             console.print(f"resuming [bold]{run.path}[/] at iteration {done} (was {status})",
                           highlight=False)
-        elif sync.active:
-            _distributed_meta(exp, sync)  # its gather, with rank 0
         outcome = trainer.train(exp, run, chosen, stop=stop, resume=state, console=console,
                                 show_progress=show_progress,
                                 tensorboard=(_tensorboard(cfg, run, done + 1) if sync.main

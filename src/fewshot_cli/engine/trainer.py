@@ -248,8 +248,7 @@ def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
     algo, device, dtype = exp.algo, exp.device, exp.dtype
     sync: Sync = algo.sync
     main = sync.main
-    n_tasks = distributed.share(cfg.algorithm.meta_batch, sync.rank, sync.world)
-    sync.weight = n_tasks / cfg.algorithm.meta_batch
+    n_tasks = sync.split(cfg.algorithm.meta_batch)
     own_seed = distributed.rank_seed(cfg.seed, sync.rank)
     optimizer = algo.configure_optimizer()
     scheduler = algo.configure_scheduler(optimizer, t.iterations)
