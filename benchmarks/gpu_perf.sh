@@ -2,12 +2,14 @@
 # One GPU session for the performance and distributed work, about 8 minutes on an H100:
 #   1. conv4 Omniglot 5w1s seconds per meta-iteration per path (loop, vmap, fused), 1 and 15
 #      queries per class (benchmarks/conv4_speed.py --device cuda);
-#   2. peak memory against inner steps, mini-ImageNet conv4, with and without
+#   2. drawing a meta-batch with the images on the CPU or on the GPU (task.images_on_device),
+#      and that both give the same tasks (benchmarks/task_sampling.py);
+#   3. peak memory against inner steps, mini-ImageNet conv4, with and without
 #      algorithm.checkpoint_inner_steps, fp32 and bf16 (benchmarks/inner_memory.py);
-#   3. one run split over processes: 1 process, then 2 processes sharing the GPU (gloo),
+#   4. one run split over processes: 1 process, then 2 processes sharing the GPU (gloo),
 #      and one process at 32, 16, 8, 4, 2, 1 tasks (the per-rank floor that bounds scaling)
 #      (benchmarks/ddp_speed.py);
-#   4. time to 98.7% with configs/omniglot-5w1s-maml-fast.yaml, 3-minute budget
+#   5. time to 98.7% with configs/omniglot-5w1s-maml-fast.yaml, 3-minute budget
 #      (benchmarks/time_to_accuracy.py; the compiled path when auto picks it).
 #
 #   OMNIGLOT_TGZ=.gpu/omniglot.tgz bash benchmarks/gpu_perf.sh OUT_DIR
@@ -24,6 +26,7 @@ for q in 1 15; do
   timeout 120 python3 benchmarks/conv4_speed.py --strided --device cuda --queries "$q" \
     2>&1 | tee "$out/conv4_speed_q$q.txt"
 done
+timeout 60 python3 benchmarks/task_sampling.py --device cuda 2>&1 | tee "$out/task_sampling.txt"
 timeout 120 python3 benchmarks/inner_memory.py --device cuda --autocast off,bf16 \
   2>&1 | tee "$out/inner_memory.txt"
 timeout 60 python3 benchmarks/ddp_speed.py configs/omniglot-5w1s-maml.yaml --iters 30 \

@@ -61,10 +61,15 @@ OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT", ROOT.parent / "shared" / "dat
 STOPPED = "stopped at train.max_seconds"
 
 
-def fewshot(*args: str) -> float:
-    """Run one ``fewshot`` command (its output passes through); its wall seconds."""
+def fewshot(*args: str, nproc: int = 1) -> float:
+    """Run one ``fewshot`` command (its output passes through), in ``nproc`` processes under
+    ``torchrun`` when more than one; its wall seconds."""
     start = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "fewshot_cli", *args], cwd=ROOT)
+    launch = [sys.executable, "-m", "fewshot_cli"]
+    if nproc > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                  "--nproc-per-node", str(nproc), "-m", "fewshot_cli"]
+    p = subprocess.run([*launch, *args], cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"fewshot {shlex.join(args)} failed (exit status {p.returncode})")
     return time.perf_counter() - start
@@ -145,7 +150,8 @@ def train_single(args: argparse.Namespace, config: Path, run: Path, sets: list[s
     fewshot("train", str(config), "--run-dir", str(run), "--no-progress",
             *[x for s in [*sets, f"train.max_seconds={args.budget_minutes * 60}",
                           f"train.checkpoint_every={every}", f"train.log_every={log_every}",
-                          "train.keep_checkpoints=1000000"] for x in ("--set", s)])
+                          "train.keep_checkpoints=1000000"] for x in ("--set", s)],
+            nproc=args.nproc)
     meta = read_json(run / "meta.json")
     if meta.get("status") not in (STOPPED, "completed"):
         print(f"training ended with status {meta.get('status')!r}", file=sys.stderr)
@@ -225,7 +231,8 @@ def report(rec: dict[str, Any]) -> str:
         f"Command: `{rec['command']}`", "",
         f"Machine: {rec['machine']}; {rec['threads']} intra-op thread(s)"
         f"{', OMP_NUM_THREADS=' + rec['omp_num_threads'] if rec['omp_num_threads'] else ''}; "
-        f"torch {rec['torch']}; vectorize {rec['vectorize']}; mode {rec['mode']}. Run: "
+        f"torch {rec['torch']}; vectorize {rec['vectorize']}; mode {rec['mode']}"
+        f"{'; ' + str(rec['nproc']) + ' processes' if rec.get('nproc', 1) > 1 else ''}. Run: "
         f"`{rec['run']}`. Test: {rec['tasks']} tasks (the config's eval seed), "
         f"{rec['protocol']}, accuracy after {rec['steps']} steps (mean ± 95% CI). Whole "
         f"command {rec['wall_seconds']:.0f} s.", "",
@@ -260,6 +267,9 @@ def main() -> None:
                     help="intra-op CPU threads (default: the run measures, usually 1)")
     ap.add_argument("--mode", choices=("single", "resume"), default="single",
                     help="one run with kept checkpoints, or a stop and resume per mark")
+    ap.add_argument("--nproc", type=int, default=1, metavar="N",
+                    help="single mode: train in N processes (torchrun --standalone), e.g. 2 "
+                         "on a 2-core CPU, where two one-thread processes beat one of two")
     ap.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                     help="single mode: keep a checkpoint every N iterations (default: 200 on "
                          "a GPU, 10 otherwise)")
@@ -284,6 +294,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.marks_every_minutes <= 0 or args.budget_minutes < args.marks_every_minutes:
         ap.error("expected 0 < --marks-every-minutes <= --budget-minutes")
+    if args.nproc > 1 and args.mode != "single":
+        ap.error("--nproc needs --mode single")
 
     config = args.config.resolve()
     sets = list(args.overrides)
@@ -316,7 +328,8 @@ def main() -> None:
         "command": command, "date": date, "machine": machine(meta),
         "threads": meta.get("threads"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "torch": meta.get("torch"), "vectorize": (meta.get("vectorize") or {}).get("mode"),
-        "mode": args.mode, "run": str(run), "budget_minutes": args.budget_minutes,
+        "mode": args.mode, "nproc": args.nproc, "run": str(run),
+        "budget_minutes": args.budget_minutes,
         "marks_every_minutes": args.marks_every_minutes, "tasks": args.tasks,
         "queries": args.queries, "steps": args.steps, "query_batch": args.query_batch,
         "protocol": rows[0]["protocol"] if rows else "-", "target": args.target,

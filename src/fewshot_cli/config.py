@@ -134,6 +134,15 @@ class ImageTask(Section):
     queries: PosInt = 1
     image_size: Annotated[int, Field(ge=4)] = 28
     cache_dir: str | None = None
+    #: Keep the decoded images on the run's GPU and build each sampled task there, so only
+    #: the drawn indices cross from the CPU (the same tasks either way). ``auto``: on a GPU
+    #: whose memory is at least four times the images'; never on a CPU.
+    images_on_device: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("images_on_device", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class OmniglotTask(ImageTask):
@@ -444,6 +453,10 @@ class TrainConfig(Section):
             raise ValueError("bf16 autocast needs train.dtype: float32, found float64")
         return v
 
+    #: Classification: how meta-training passes a task's queries through the network,
+    #: ``all`` in one batch or ``per_class`` in batches of one image per class (batch norm
+    #: then normalises each such batch, as at test with ``eval.query_batch: per_class``).
+    query_batch: Literal["all", "per_class"] = "all"
     keep_checkpoints: Annotated[int, Field(ge=0)] = 0
     tensorboard: bool = False
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -496,6 +509,9 @@ class Config(Section):
         if self.problem == "regression" and self.algorithm.loss == "cross_entropy":
             raise ValueError(
                 f"algorithm.loss must be mse or l1 for {self.task.kind} tasks, found cross_entropy")
+        if self.train.query_batch == "per_class" and self.problem != "classification":
+            raise ValueError("train.query_batch: per_class needs a classification task, found "
+                             f"task.kind {self.task.kind}")
         demo = getattr(self.task, "demonstration", None)
         if demo is not None and not demo.observe and self.algorithm.kind != "daml":
             raise ValueError(

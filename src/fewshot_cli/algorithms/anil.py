@@ -34,7 +34,7 @@ from torch.func import functional_call, grad_and_value
 
 from ..config import ANILConfig
 from ..tasks.base import TaskSource
-from .base import Algorithm, Context, Metrics, Params, Path, Query, Support
+from .base import Algorithm, Context, Metrics, Params, Path, Query, Support, join_batches
 
 
 class _Method(nn.Module):
@@ -120,7 +120,9 @@ class ANIL(Algorithm):
                        ctx: Context) -> tuple[torch.Tensor, Metrics]:
         adapted = self.adapt(params, support, self.inner_steps, ctx)
         head = {k: adapted.params[k] for k in self.head_names}
-        out = self.head(head, self.features(params, query.x, ctx), ctx)
+        features = join_batches([self.features(params, x, ctx)
+                                 for x in self.query_batches(query.x, ctx)], ctx)
+        out = self.head(head, features, ctx)
         loss = self.per_task(self.loss_fn, out, query.y, ctx)
         return loss, self.outcome_metrics(adapted, support, query, out, ctx)
 

@@ -177,6 +177,12 @@ def inner_gradient(total: Callable[[Params], tuple[torch.Tensor, Any]], params: 
     return grads, aux
 
 
+def join_batches(parts: list[torch.Tensor], ctx: Context) -> torch.Tensor:
+    """Outputs of :meth:`Algorithm.query_batches`'s batches, back as one task's (fused: every
+    task's) outputs."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1 if ctx.fused else 0)
+
+
 def stack_params(params: Params, n_tasks: int) -> Params:
     """Every tensor repeated (as a view) along a new leading task dimension."""
     return {k: v.expand(n_tasks, *v.shape) for k, v in params.items()}
@@ -305,6 +311,26 @@ class Algorithm(nn.Module):
         batched = PER_TASK.get(fn)
         return batched(out, y) if batched is not None else vmap(fn)(out, y)
 
+    #: ``train.query_batch: per_class``: in meta-training each task's queries pass through
+    #: the network in batches of this many images, one per class (batch norm sees each
+    #: batch's statistics, as at test with ``eval.query_batch: per_class``); None: all in
+    #: one pass. Set by the engine.
+    train_query_batch: int | None = None
+
+    def query_batches(self, x: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, ...]:
+        """One task's (fused: every task's) query inputs as the batches the outer loss
+        passes through the network: ``x`` whole, or in meta-training with
+        :attr:`train_query_batch` consecutive batches of that many images (the query
+        layout puts image ``p * ways + j`` in class ``j``)."""
+        if not ctx.training or self.train_query_batch is None:
+            return (x,)
+        return x.split(self.train_query_batch, dim=1 if ctx.fused else 0)
+
+    def query_forward(self, params: Params, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """:meth:`forward` of the queries ``x``, in the batches of :meth:`query_batches`."""
+        return join_batches([self.forward(params, part, ctx)
+                             for part in self.query_batches(x, ctx)], ctx)
+
     def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                   ctx: Context) -> torch.Tensor:
         """The task loss (``algorithm.loss``) of one task (``[B]`` when fused)."""
@@ -370,7 +396,7 @@ class Algorithm(nn.Module):
         loss on the queries (:meth:`outcome_metrics` for the metrics).
         """
         adapted = self.adapt(params, support, self.inner_steps, ctx)
-        out = self.forward(adapted.params, query.x, ctx)
+        out = self.query_forward(adapted.params, query.x, ctx)
         loss = self.per_task(self.loss_fn, out, query.y, ctx)
         return loss, self.outcome_metrics(adapted, support, query, out, ctx)
 

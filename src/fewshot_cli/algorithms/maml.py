@@ -94,6 +94,7 @@ from .base import (
     Query,
     Support,
     inner_gradient,
+    join_batches,
 )
 
 #: MSL: the floor of every weight but the last is this over S (the code's
@@ -354,12 +355,13 @@ class MAML(Algorithm):
         points = adapted.observed[1:] if weights is not None else [adapted.params]
         outs, losses, query_stats = [], [], []
         for p in points:
-            out = self.forward(p, query.x, ctx, stats=collect)
-            if collect:
-                out, stats = out
-                query_stats.append(stats)
-            outs.append(out)
-            losses.append(self.per_task(self.loss_fn, out, query.y, ctx))
+            parts = [self.forward(p, x, ctx, stats=collect)
+                     for x in self.query_batches(query.x, ctx)]
+            if collect:  # a pass in batches: the mean of their statistics
+                query_stats.append(torch.stack([s for _, s in parts]).mean(0))
+                parts = [o for o, _ in parts]
+            outs.append(join_batches(parts, ctx))
+            losses.append(self.per_task(self.loss_fn, outs[-1], query.y, ctx))
         out = outs[-1]
         if weights is None:
             loss = losses[-1]

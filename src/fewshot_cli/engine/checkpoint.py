@@ -110,7 +110,8 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 # ----------------------------------------------------------------------------- config check
 #: Config keys that may differ between a checkpoint and the run's config.yaml:
 #: where the data lives, how long and how to train or evaluate, the device.
-FREE_KEYS = ("name", "device", "train.", "eval.", "task.root", "task.download", "task.cache_dir")
+FREE_KEYS = ("name", "device", "train.", "eval.", "task.root", "task.download", "task.cache_dir",
+             "task.images_on_device")
 
 
 def config_differences(trained: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -47,9 +47,25 @@ class Experiment:
     algo: Algorithm
 
 
+def images_on_device(cfg: Config, source: TaskSource, device: torch.device) -> bool:
+    """Whether ``task.images_on_device`` puts the source's images on ``device``: ``on``, or
+    ``auto`` on a CUDA device with at least four times their size in memory; never on a
+    CPU or for a source without images."""
+    setting = getattr(cfg.task, "images_on_device", "off")
+    if device.type == "cpu" or setting == "off" or not hasattr(source, "place"):
+        return False
+    if setting == "on":
+        return True
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return 4 * getattr(source, "image_bytes", 0) <= total
+
+
 def build_experiment(cfg: Config, device: torch.device | None = None) -> Experiment:
     """Build tasks, network (initialised from ``cfg.seed``) and algorithm on ``device``;
-    ``train.autocast`` sets the algorithm's :attr:`Algorithm.autocast_dtype`."""
+    ``train.autocast`` sets the algorithm's :attr:`Algorithm.autocast_dtype`,
+    ``train.query_batch`` its :attr:`Algorithm.train_query_batch`."""
     device = device or resolve_device(cfg.device)
     dtype = DTYPES[cfg.train.dtype]
     if (getattr(cfg.algorithm, "checkpoint_inner_steps", False)
@@ -58,8 +74,12 @@ def build_experiment(cfg: Config, device: torch.device | None = None) -> Experim
                           "or auto (vmap cannot recompute an inner step), found "
                           f"{cfg.train.vectorize}")
     source = tasks.build(cfg.task)
+    if images_on_device(cfg, source, device):
+        source.place(device)  # type: ignore[attr-defined]
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, source)
     algo = algorithms.build(cfg, model, source).to(device=device, dtype=dtype)
     algo.autocast_dtype = AUTOCAST[getattr(cfg.train, "autocast", "off")]
+    if cfg.train.query_batch == "per_class":
+        algo.train_query_batch = source.output_dim
     return Experiment(cfg, device, dtype, source, algo)

@@ -138,14 +138,18 @@ def validation_tasks(exp: Experiment) -> list[TaskBatch]:
 
 def validate(exp: Experiment, chunks: list[TaskBatch], path: Path,
              sync: Sync | None = None) -> dict[str, Any]:
-    """Query loss (and accuracy) after 0..eval_inner_steps steps on the validation tasks,
+    """Query loss (and accuracy) after 0..eval_inner_steps steps on the validation tasks
+    (classified in batches of one query per class under ``eval.query_batch: per_class``),
     under the same divergence policy as ``fewshot eval``; ``val_loss_median`` is the
     median final loss with diverged tasks counted as infinitely bad (the default
     statistic ``best.pt`` is selected by: one blown-up task cannot hide or fake a gain).
     In a distributed run each rank adapts every world-th chunk and all see every curve."""
     steps = exp.cfg.algorithm.eval_inner_steps
     sync = sync or Sync()
-    mine = {i: exp.algo.adaptation_curve(chunks[i].to(exp.device, exp.dtype), steps, path).cpu()
+    per_class = exp.algo.classification and exp.cfg.eval.query_batch == "per_class"
+    batches = exp.cfg.task.queries if per_class else 1
+    mine = {i: exp.algo.adaptation_curve(chunks[i].to(exp.device, exp.dtype), steps, path,
+                                         batches).cpu()
             for i in range(sync.rank, len(chunks), sync.world)}
     found = {i: c for part in sync.gather(mine) for i, c in part.items()}
     curves = torch.cat([found[i] for i in range(len(chunks))])

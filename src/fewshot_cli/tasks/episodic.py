@@ -14,6 +14,11 @@ of a padded ``[classes, max_images]`` index table (padding slots get key -1 and
 are never drawn). Images stay ``uint8`` in memory; only the sampled batch is
 converted to ``float32`` in ``[0, 1]``. All randomness comes from the caller's
 (CPU) ``torch.Generator``.
+
+:meth:`EpisodicTasks.place` keeps the images on a device (a GPU): the draw stays on
+the CPU, with the same generator calls, and only its image indices cross to the
+device, where the batch is gathered, rotated and converted. The tasks are the same
+wherever the images are.
 """
 
 from __future__ import annotations
@@ -82,6 +87,16 @@ class _Table:
             self.rot_pixels = torch.stack(
                 [torch.rot90(grid, r, dims=(0, 1)).flatten() for r in range(4)]
             )
+
+    def place(self, device: torch.device, moved: dict[int, torch.Tensor]) -> None:
+        """Keep the images (and the rotation maps) on ``device``; ``moved`` maps the id of
+        an image tensor already copied there (splits may share one) to its copy."""
+        key = id(self.images)
+        if key not in moved:
+            moved[key] = self.images.to(device)
+        self.images = moved[key]
+        if self.rotations is not None:
+            self.rot_pixels = self.rot_pixels.to(device)
 
     def class_path(self, c: int) -> str:
         if self.data.class_paths is not None:
@@ -177,6 +192,18 @@ class EpisodicTasks:
         c, h, w = self.input_shape
         return f"{self.name}: {', '.join(parts)} classes; images {c}x{h}x{w}"
 
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of the decoded images of every split (shared tensors counted once)."""
+        return sum({id(t.images): t.images.nbytes for t in self._tables.values()}.values())
+
+    def place(self, device: torch.device | str) -> None:
+        """Keep the images on ``device`` and build sampled tasks there (module docstring):
+        :meth:`sample` then returns tensors on ``device``."""
+        moved: dict[int, torch.Tensor] = {}
+        for table in self._tables.values():
+            table.place(torch.device(device), moved)
+
     def _table(self, split: str) -> _Table:
         if split in self._tables:
             return self._tables[split]
@@ -216,18 +243,20 @@ class EpisodicTasks:
             slot_keys.masked_fill_(t.pad[classes], -1.0)
         slots = slot_keys.topk(per_class, dim=2).indices  # [B, N, K+Q], distinct
         index = t.table[classes.unsqueeze(-1), slots]
+        device = t.images.device  # the draw above is on the CPU; the batch is built here
+        index = index.to(device, non_blocking=True)
         shape = t.images.shape[1:]
         # index_select, not images[index]: it is an order of magnitude faster for uint8 rows.
         x = t.images.index_select(0, index.flatten()).view(b, n, per_class, *shape)
         if t.rotations is not None:
-            turns = t.rotations[classes]  # [B, N] quarter turns
+            turns = t.rotations[classes].to(device, non_blocking=True)  # [B, N] quarter turns
             hw = shape[-2] * shape[-1]
             flat = x.view(b, n, per_class * shape[0], hw)
             pixels = t.rot_pixels[turns].unsqueeze(2).expand(b, n, per_class * shape[0], hw)
             x = torch.gather(flat, 3, pixels).view(b, n, per_class, *shape)
         # [B, K+Q, N, ...] flattened: position p * N + j holds label j.
         x = x.transpose(1, 2).reshape(b, per_class * n, *x.shape[3:])
-        labels = torch.arange(n, dtype=torch.int64)
+        labels = torch.arange(n, dtype=torch.int64, device=device)
         return TaskBatch(
             support_x=_to_unit_float(x[:, : k * n]),
             support_y=labels.repeat(k).expand(b, -1).contiguous(),
