@@ -43,7 +43,7 @@ from fewshot_cli.algorithms import Progress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig
 from fewshot_cli.models import Conv4
-from fewshot_cli.tasks.base import TaskBatch
+from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
 PATHS = ("loop", "loop-cl", "vmap", "fused")
 
@@ -120,7 +120,8 @@ class Bench:
                       filters=args.filters, strided=args.strided)
         cfg = MAMLConfig(loss="cross_entropy", inner_lr=0.4, inner_steps=args.steps,
                          first_order=args.first_order, meta_optimizer="adam", meta_lr=1e-3)
-        self.algo = MAML(model, cfg, "classification")
+        shape = (args.channels, args.image_size, args.image_size)
+        self.algo = MAML(model, cfg, TaskShape("classification", shape, args.ways))
         self.algo.to(args.device, dtype)
         self.optimizer = self.algo.configure_optimizer()  # Adam, lr 1e-3
         self.batch = random_batch(args, dtype, args.device)

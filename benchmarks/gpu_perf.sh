@@ -18,22 +18,30 @@
 # pydantic travels as wheels in .whl/, Omniglot as .gpu/omniglot.tgz, both carried):
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
 #   PYTHONPATH=/tmp/site OMNIGLOT_TGZ=.gpu/omniglot.tgz bash benchmarks/gpu_perf.sh $OUT
-# Written in a session whose device time was spent elsewhere: not yet run on a GPU.
+# Not yet run on a GPU (sessions' device time went elsewhere); SMOKE=1 below checks it on a CPU.
 set -uo pipefail
+# SMOKE=1 runs every step on the CPU at toy sizes, in about 3 minutes: a check of this
+# script's plumbing before device time is spent on it (gpu.txt then says nvidia-smi failed).
+dev=cuda; conv_iters=10; mem=(--autocast off,bf16); ddp_iters=30; tta=(3 1); tasks=600
+if [ -n "${SMOKE:-}" ]; then
+  dev=cpu; conv_iters=1; mem=(--autocast off --steps 1,2 --size 28 --path fused); ddp_iters=2
+  tta=(0.3 0.3); tasks=20
+fi
 source "$(dirname "$0")/gpu_setup.sh"
 export FEWSHOT_OMNIGLOT="$root"
 for q in 1 15; do
-  timeout 120 python3 benchmarks/conv4_speed.py --strided --device cuda --queries "$q" \
-    2>&1 | tee "$out/conv4_speed_q$q.txt"
+  timeout 120 python3 benchmarks/conv4_speed.py --strided --device "$dev" --queries "$q" \
+    --iterations "$conv_iters" ${SMOKE:+--no-memory} 2>&1 | tee "$out/conv4_speed_q$q.txt"
 done
-timeout 60 python3 benchmarks/task_sampling.py --device cuda 2>&1 | tee "$out/task_sampling.txt"
-timeout 120 python3 benchmarks/inner_memory.py --device cuda --autocast off,bf16 \
+timeout 60 python3 benchmarks/task_sampling.py --device "$dev" 2>&1 | tee "$out/task_sampling.txt"
+timeout 120 python3 benchmarks/inner_memory.py --device "$dev" "${mem[@]}" \
   2>&1 | tee "$out/inner_memory.txt"
-timeout 60 python3 benchmarks/ddp_speed.py configs/omniglot-5w1s-maml.yaml --iters 30 \
-  --tasks-per-rank 32,16,8,4,2,1 2>&1 | tee "$out/ddp.txt"
+timeout 60 python3 benchmarks/ddp_speed.py configs/omniglot-5w1s-maml.yaml --iters "$ddp_iters" \
+  --set "device=$dev" --tasks-per-rank 32,16,8,4,2,1 2>&1 | tee "$out/ddp.txt"
 timeout 90 torchrun --standalone --nproc-per-node 2 benchmarks/ddp_speed.py \
-  configs/omniglot-5w1s-maml.yaml --iters 30 --set train.dist_backend=gloo \
-  2>&1 | grep '^{' | tee -a "$out/ddp.txt"
+  configs/omniglot-5w1s-maml.yaml --iters "$ddp_iters" --set "device=$dev" \
+  --set train.dist_backend=gloo 2>&1 | grep '^{' | tee -a "$out/ddp.txt"
 timeout 330 python3 benchmarks/time_to_accuracy.py configs/omniglot-5w1s-maml-fast.yaml \
-  --budget-minutes 3 --marks-every-minutes 1 --device cuda --root "$root" \
+  --budget-minutes "${tta[0]}" --marks-every-minutes "${tta[1]}" --device "$dev" \
+  --root "$root" --tasks "$tasks" ${SMOKE:+--set train.vectorize=fused} \
   --work /tmp/tta --out "$out/tta.md" --json "$out/tta.jsonl" 2>&1 | tail -30

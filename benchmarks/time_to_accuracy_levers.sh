@@ -14,6 +14,10 @@
 #              run reached in the budget (so that the decay ends with the budget)
 #   fo_warmup  first-order meta-gradients for the first HORIZON/4 iterations, then second
 #              order (an objective that reads the iteration leaves the compiled path: vmap)
+#   per_class  train.query_batch=per_class: training's query passes in batches of one image
+#              per class, as the test protocol classifies them
+#   procs2     the same run in 2 processes (torchrun; on a 2-core CPU, 1 thread each)
+#   lr3cos     meta lr 3e-3 annealed to 1e-5 by a cosine over HORIZON iterations
 #   paper      configs/omniglot-5w1s-maml.yaml unchanged: 1 query per class instead of 15
 #              (and validation every 1,000 iterations on 200 tasks), the reference
 # HORIZON=N fixes the horizon instead (needed for cosine or fo_warmup without fast).
@@ -73,6 +77,12 @@ print(round(float(sys.argv[2]) * 60 / rec["marks"][-1]["seconds_per_iteration"])
       need_horizon fo_warmup
       fo=$(( horizon / 4 > 0 ? horizon / 4 : 1 ))
       tta "fo_warmup-$fo" "$fast" --set "algorithm.first_order_iterations=$fo" "$@" ;;
+    per_class) tta per_class "$fast" --set train.query_batch=per_class "$@" ;;
+    procs2) tta procs2 "$fast" --nproc 2 "$@" ;;
+    lr3cos)
+      need_horizon lr3cos
+      tta "lr3cos-$horizon" "$fast" --set algorithm.meta_lr=0.003 --set algorithm.cosine_meta_lr=true \
+        --set algorithm.meta_lr_final=0.00001 --set "train.iterations=$horizon" "$@" ;;
     paper) tta paper configs/omniglot-5w1s-maml.yaml "$@" ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from fewshot_cli.config import validate
 from fewshot_cli.engine import setup
@@ -42,13 +44,32 @@ def test_splits_sharing_images_share_one_copy() -> None:
     assert source.image_bytes == 60 * 36
 
 
+class _OneDevicePerOp(TorchFunctionMode):
+    """Records every torch call whose tensor arguments sit on more than one device (a GPU
+    would refuse most of them; the meta device does not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mixed: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0]
+                   if isinstance(t, torch.Tensor) and t.dim() > 0]
+        if len({t.device for t in tensors}) > 1:
+            self.mixed.append(getattr(func, "__name__", str(func)))
+        return func(*args, **kwargs)
+
+
 def test_the_batch_is_built_where_the_images_are() -> None:
     """Every tensor the sampled batch is made of lives on the images' device: indices and
-    turns are moved there before gathering (checked on the meta device, which has no
-    values but does check devices)."""
+    turns are moved there before gathering, and no op mixes devices (the meta device has
+    no values, but keeps track of where each tensor is)."""
     source = _source()
     source.place("meta")
-    batch = source.sample(2, torch.Generator().manual_seed(0))
+    with _OneDevicePerOp() as mode:
+        batch = source.sample(2, torch.Generator().manual_seed(0))
+    assert mode.mixed == []
     for t in (batch.support_x, batch.query_x, batch.support_y, batch.query_y):
         assert t.device.type == "meta"
     assert batch.support_x.dtype == torch.float32
