@@ -141,3 +141,44 @@ def test_compiled_is_not_offered_without_vmap(monkeypatch) -> None:
     assert vectorize.available(exp.algo) == ("loop",)
     with pytest.raises(ConfigError, match="compiled is not available"):
         vectorize.choose(exp, "compiled")
+
+
+def test_cuda_graphs_only_on_a_cuda_device() -> None:
+    algo, _ = _setup()
+    assert not compiled.uses_graphs(algo, torch.device("cuda"))
+    algo.cuda_graphs = True
+    assert compiled.uses_graphs(algo, torch.device("cuda"))
+    assert not compiled.uses_graphs(algo, torch.device("cpu"))
+    cfg = load_config(SINE, ["device=cpu", "train.cuda_graphs=true"])
+    assert build_experiment(cfg, torch.device("cpu")).algo.cuda_graphs
+
+
+def test_cuda_graph_outputs_are_copied_before_the_next_replay(monkeypatch) -> None:
+    """A replay writes its outputs into the graphs' own memory, which the next replay
+    overwrites: the gradients and metrics a meta-step keeps must be copies (simulated:
+    the stand-in for the graphs zeroes its previous outputs, as a replay would)."""
+    fn = torch.compile(torch.func.grad_and_value(compiled._objective, argnums=1, has_aux=True),
+                       fullgraph=True, dynamic=False, backend="eager")
+    handed: list[torch.Tensor] = []
+
+    def replay(*args):
+        for t in handed:
+            t.zero_()
+        out = fn(*args)
+        handed[:] = [t for t in torch.utils._pytree.tree_leaves(out)
+                     if isinstance(t, torch.Tensor)]
+        return out
+
+    monkeypatch.setattr(compiled, "_meta_gradient_graphs", replay)
+    monkeypatch.setattr(compiled, "uses_graphs", lambda algo, device: True)
+    algo, batch = _setup(steps=1, seed=2)
+    progress = Progress(1, 1)
+    want = _eager_grads(algo, batch, "loop", progress)
+    optimizer = torch.optim.SGD(algo.parameters(), lr=0.0)
+    metrics = algo.meta_step(batch, "compiled", progress, optimizer)
+    kept = {n: p.grad for n, p in algo.named_parameters()}
+    loss = metrics["loss"].clone()
+    for t in handed:  # the next replay
+        t.zero_()
+    _assert_close(kept, want)
+    assert metrics["loss"] == loss and loss > 0

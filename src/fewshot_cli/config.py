@@ -457,6 +457,9 @@ class TrainConfig(Section):
     #: ``all`` in one batch or ``per_class`` in batches of one image per class (batch norm
     #: then normalises each such batch, as at test with ``eval.query_batch: per_class``).
     query_batch: Literal["all", "per_class"] = "all"
+    #: The ``compiled`` path on a CUDA device: replay the compiled meta-gradient as CUDA
+    #: graphs (``torch.compile(mode="reduce-overhead")``); nothing elsewhere.
+    cuda_graphs: bool = False
     keep_checkpoints: Annotated[int, Field(ge=0)] = 0
     tensorboard: bool = False
     threads: Annotated[int, Field(ge=1, le=1024)] | None = None

@@ -425,6 +425,10 @@ class Algorithm(nn.Module):
     #: the optimiser keep their dtype, and evaluation never autocasts.
     autocast_dtype: torch.dtype | None = None
 
+    #: ``train.cuda_graphs``: on a CUDA device the ``compiled`` path replays the meta-gradient
+    #: as CUDA graphs (:mod:`fewshot_cli.engine.compiled`); set by the engine.
+    cuda_graphs: bool = False
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """``torch.autocast`` to :attr:`autocast_dtype` on the parameters' device, or nothing."""
         if self.autocast_dtype is None:

@@ -7,7 +7,9 @@ of the algorithm's :meth:`~fewshot_cli.algorithms.Algorithm.meta_loss` on the
 meta-parameter of the algorithm through :func:`torch.func.functional_call`, and
 that whole function is compiled once. The compiled code has no autograd graph
 and no per-operator dispatch left, which is what a small network such as the
-sinusoid MLP spends its time on.
+sinusoid MLP spends its time on. On a GPU, ``train.cuda_graphs`` also replays it as
+CUDA graphs (``mode="reduce-overhead"``), for meta-batches small enough that kernel
+launches dominate.
 
 ``torch.compile`` keeps one compiled graph per guard set: one per batch shape, dtype,
 device, ``Progress.logged`` and intra-op thread count; a copy of the algorithm (the
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 from torch._dynamo.exc import BackendCompilerFailed, Unsupported
 from torch.func import functional_call, grad_and_value
+from torch.utils._pytree import tree_map
 
 from ..errors import FewshotError
 from ..tasks.base import TaskBatch
@@ -66,6 +69,17 @@ def _objective(module: _Objective, params: dict[str, torch.Tensor],
 
 _meta_gradient = torch.compile(grad_and_value(_objective, argnums=1, has_aux=True),
                                fullgraph=True, dynamic=False)
+#: The same function replayed as CUDA graphs (``train.cuda_graphs``): one graph launch per
+#: meta-iteration instead of one launch per kernel. Its outputs live in the graphs' own
+#: memory, which the next replay overwrites, so :func:`meta_gradient` copies them out.
+_meta_gradient_graphs = torch.compile(grad_and_value(_objective, argnums=1, has_aux=True),
+                                      mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+
+def uses_graphs(algo: Any, device: torch.device) -> bool:
+    """Whether the meta-gradient of ``algo`` on ``device`` is replayed as CUDA graphs:
+    ``train.cuda_graphs`` (the algorithm's ``cuda_graphs``) on a CUDA device."""
+    return bool(getattr(algo, "cuda_graphs", False)) and device.type == "cuda"
 
 
 class _State:
@@ -124,9 +138,13 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
     params = {n: p.detach() for n, p in module.named_parameters()
               if p.requires_grad and n.removeprefix("algo.") not in state.unused}
     seen = key in state.keys
+    graphs = uses_graphs(algo, batch.support_x.device)
+    compiled = _meta_gradient_graphs if graphs else _meta_gradient
+    if graphs:  # each meta-iteration is a new step of the graphs (no backward follows)
+        torch.compiler.cudagraph_mark_step_begin()
     try:
         with torch.compiler.set_stance("fail_on_recompile" if seen else "default"):
-            grads, (loss, metrics) = _meta_gradient(module, params, tensors, progress)
+            grads, (loss, metrics) = compiled(module, params, tensors, progress)
     except (BackendCompilerFailed, Unsupported) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CompileError(f"train.vectorize: compiled: torch.compile failed ({first}); "
@@ -140,4 +158,6 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
                       f"the eager {INNER_PATH} path", RuntimeWarning, stacklevel=2)
         return None
     state.keys.add(key)
+    if graphs:  # out of the graphs' memory before the next replay reuses it
+        grads, loss, metrics = tree_map(torch.clone, (grads, loss, metrics))
     return ({n.removeprefix("algo."): g for n, g in grads.items()}, loss, metrics)

@@ -65,7 +65,8 @@ def images_on_device(cfg: Config, source: TaskSource, device: torch.device) -> b
 def build_experiment(cfg: Config, device: torch.device | None = None) -> Experiment:
     """Build tasks, network (initialised from ``cfg.seed``) and algorithm on ``device``;
     ``train.autocast`` sets the algorithm's :attr:`Algorithm.autocast_dtype`,
-    ``train.query_batch`` its :attr:`Algorithm.train_query_batch`."""
+    ``train.query_batch`` its :attr:`Algorithm.train_query_batch`, ``train.cuda_graphs``
+    its :attr:`Algorithm.cuda_graphs`."""
     device = device or resolve_device(cfg.device)
     dtype = DTYPES[cfg.train.dtype]
     if (getattr(cfg.algorithm, "checkpoint_inner_steps", False)
@@ -80,6 +81,7 @@ def build_experiment(cfg: Config, device: torch.device | None = None) -> Experim
     model = models.build(cfg.model, source)
     algo = algorithms.build(cfg, model, source).to(device=device, dtype=dtype)
     algo.autocast_dtype = AUTOCAST[getattr(cfg.train, "autocast", "off")]
+    algo.cuda_graphs = cfg.train.cuda_graphs
     if cfg.train.query_batch == "per_class":
         algo.train_query_batch = source.output_dim
     return Experiment(cfg, device, dtype, source, algo)
