@@ -201,14 +201,14 @@ def test_a_path_that_raises_is_an_error_not_a_slow_path(monkeypatch) -> None:
     monkeypatch.setattr(MAML, "meta_loss", broken)
     monkeypatch.setattr(vectorize, "cache_root", lambda: Path("/nonexistent-fewshot-cache"))
     with pytest.raises(FewshotError, match="loop path failed while being timed.*boom"):
-        vectorize.measure(exp)
+        vectorize.measure_paths(exp)
 
 
 def test_measuring_paths_leaves_the_run_untouched() -> None:
     exp = build_experiment(sine_cfg(), torch.device("cpu"))
     params = {k: v.clone() for k, v in exp.algo.state_dict().items()}
     rng = torch.get_rng_state()
-    timings = vectorize.measure(exp)
+    timings, _ = vectorize.measure_paths(exp)
     assert set(timings) == {"vmap", "loop", "fused"}  # compiled: only for long runs
     assert all(torch.equal(params[k], v) for k, v in exp.algo.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())

@@ -178,8 +178,8 @@ def inner_gradient(total: Callable[[Params], tuple[torch.Tensor, Any]], params: 
 
 
 def join_batches(parts: list[torch.Tensor], ctx: Context) -> torch.Tensor:
-    """Outputs of :meth:`Algorithm.query_batches`'s batches, back as one task's (fused: every
-    task's) outputs."""
+    """Outputs of one task's (fused: every task's) queries passed in batches
+    (:meth:`Algorithm.query_batches` in training, chunks at evaluation), back as one."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1 if ctx.fused else 0)
 
 
@@ -508,9 +508,8 @@ class Algorithm(nn.Module):
         With ``chunks > 1`` the queries are classified in that many separate
         forward passes (batch norm then sees each chunk's statistics).
         """
-        dim = 1 if ctx.fused else 0
-        outs = [self.forward(params, x, ctx) for x in query.x.chunk(chunks, dim=dim)]
-        out = torch.cat(outs, dim=dim) if len(outs) > 1 else outs[0]
+        out = join_batches([self.forward(params, x, ctx)
+                            for x in query.x.chunk(chunks, dim=1 if ctx.fused else 0)], ctx)
         metrics = [self.loss_fn] + ([accuracy] if self.classification else [])
         return torch.stack([self.per_task(m, out, query.y, ctx) for m in metrics], dim=-1)
 

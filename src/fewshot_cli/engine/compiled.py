@@ -67,13 +67,13 @@ def _objective(module: _Objective, params: dict[str, torch.Tensor],
     return functional_call(module, params, (batch, progress))
 
 
-_meta_gradient = torch.compile(grad_and_value(_objective, argnums=1, has_aux=True),
-                               fullgraph=True, dynamic=False)
+_gradient = grad_and_value(_objective, argnums=1, has_aux=True)
+_meta_gradient = torch.compile(_gradient, fullgraph=True, dynamic=False)
 #: The same function replayed as CUDA graphs (``train.cuda_graphs``): one graph launch per
 #: meta-iteration instead of one launch per kernel. Its outputs live in the graphs' own
 #: memory, which the next replay overwrites, so :func:`meta_gradient` copies them out.
-_meta_gradient_graphs = torch.compile(grad_and_value(_objective, argnums=1, has_aux=True),
-                                      mode="reduce-overhead", fullgraph=True, dynamic=False)
+_meta_gradient_graphs = torch.compile(_gradient, mode="reduce-overhead", fullgraph=True,
+                                      dynamic=False)
 
 
 def uses_graphs(algo: Any, device: torch.device) -> bool:

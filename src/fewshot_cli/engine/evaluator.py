@@ -148,6 +148,12 @@ def check_baseline(cfg: Config, baseline: RunDir, base_cfg: Config, what: str = 
                               f"tasks: {key} is {theirs!r} there, {mine!r} here")
 
 
+def query_chunks(classification: bool, query_batch: str, queries: int) -> int:
+    """Forward passes a task's queries are classified in: one per query image of each class
+    under ``query_batch: per_class`` (each pass one image per class), else one."""
+    return queries if classification and query_batch == "per_class" else 1
+
+
 def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str | None = None,
                        inner_lr: float | None = None, baselines: Sequence[RunDir] = (),
                        table_steps: Sequence[int] | None = None,
@@ -193,7 +199,7 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
         shots = settings.shots or cfg.task.shots
         queries = settings.queries or cfg.task.queries
         classification = exp.algo.classification
-        chunks = queries if (classification and settings.query_batch == "per_class") else 1
+        chunks = query_chunks(classification, settings.query_batch, queries)
         gen = torch.Generator().manual_seed(settings.seed)
         parts: list[list[Part]] = [[] for _ in models]
         for m in models:

@@ -48,7 +48,7 @@ from ..rundir import RunDir
 from ..tasks import TaskBatch
 from . import checkpoint, distributed
 from .distributed import Sync
-from .evaluator import divergence_summary
+from .evaluator import divergence_summary, query_chunks
 from .setup import Experiment
 
 VAL_SEED_OFFSET = 1_000_003
@@ -146,8 +146,8 @@ def validate(exp: Experiment, chunks: list[TaskBatch], path: Path,
     In a distributed run each rank adapts every world-th chunk and all see every curve."""
     steps = exp.cfg.algorithm.eval_inner_steps
     sync = sync or Sync()
-    per_class = exp.algo.classification and exp.cfg.eval.query_batch == "per_class"
-    batches = exp.cfg.task.queries if per_class else 1
+    batches = query_chunks(exp.algo.classification, exp.cfg.eval.query_batch,
+                           exp.cfg.task.queries)
     mine = {i: exp.algo.adaptation_curve(chunks[i].to(exp.device, exp.dtype), steps, path,
                                          batches).cpu()
             for i in range(sync.rank, len(chunks), sync.world)}

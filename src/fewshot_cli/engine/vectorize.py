@@ -100,12 +100,6 @@ def time_steps(algo: Algorithm, batch, path: Path, device: torch.device,
     return first, min(times)
 
 
-def measure(exp: Experiment) -> dict[str, float | None]:
-    """Seconds per meta-update along each path the algorithm supports (see
-    :func:`measure_paths`)."""
-    return measure_paths(exp)[0]
-
-
 def measure_paths(exp: Experiment) -> tuple[dict[str, float | None], float | None]:
     """Seconds per meta-update along each path the algorithm supports, and the
     compilation's seconds (the ``compiled`` path's first call; None where not timed).
