@@ -29,7 +29,7 @@ set -uo pipefail
 # run 10 minutes at most, so on a lent machine run them as two commands (default: both).
 parts=" ${PARTS:-a b} "
 dev=cuda; compiled=compiled; conv_iters=10; mem=(--autocast off,bf16); ddp_iters=30
-tta=(3 1); tasks=600
+tta=(${TTA:-3 1}); tasks=600  # TTA="BUDGET MARKS" minutes
 if [ -n "${SMOKE:-}" ]; then
   dev=cpu; compiled=fused; conv_iters=1; ddp_iters=2; tta=(0.3 0.3); tasks=20
   mem=(--autocast off --steps 1,2 --size 28 --path fused)

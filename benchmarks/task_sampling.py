@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from fewshot_cli import tasks  # noqa: E402
 from fewshot_cli.config import apply_overrides, load_config, validate  # noqa: E402
 
-OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT", ROOT.parent / "shared" / "data" / "omniglot"))
 
 
 def timed(source, n: int, device: torch.device, iters: int) -> tuple[list[float], object]:

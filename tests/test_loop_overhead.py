@@ -79,6 +79,14 @@ def test_forward_tasks_in_groups_equals_all_at_once(strided: bool) -> None:
     assert all(torch.equal(a, b) for a, b in zip(whole[1], grouped[1]))
 
 
+def test_tasks_are_grouped_on_cpu_only() -> None:
+    model = Conv4((1, 28, 28), 5, filters=64, strided=True)
+    model.task_group_bytes = 1
+    assert model._task_group(torch.empty(32, 80, 1, 28, 28)) == 1
+    # on a GPU (here the meta device) every task goes in one launch
+    assert model._task_group(torch.empty(32, 80, 1, 28, 28, device="meta")) == 32
+
+
 def test_fused_meta_gradient_in_groups_equals_loop() -> None:
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 5, filters=4, strided=True).double()
