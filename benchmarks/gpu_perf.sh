@@ -21,7 +21,8 @@
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
 #   PARTS=a PYTHONPATH=/tmp/site OMNIGLOT_TGZ=.gpu/omniglot.tgz bash benchmarks/gpu_perf.sh $OUT
 # and then the same with PARTS=b (carry .whl and .gpu).
-# Not yet run on a GPU (sessions' device time went elsewhere); SMOKE=1 below checks it on a CPU.
+# Run on an H100 on 2026-11-26 (PARTS=a, then PARTS=b TTA="2 1"; benchmarks/RESULTS.md, "GPU session
+# for the performance issue"). SMOKE=1 below checks it on a CPU.
 set -uo pipefail
 # SMOKE=1 runs every step on the CPU at toy sizes, in about 3 minutes: a check of this
 # script's plumbing before device time is spent on it (gpu.txt then says nvidia-smi failed).
