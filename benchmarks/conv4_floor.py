@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv4_speed import Bench, parse  # noqa: E402
 
 
-def count_flops(queries: int) -> tuple[int, dict[str, int]]:
-    """FLOPs of one meta-iteration (meta-batch 32, strided Omniglot conv4, loop path)."""
-    bench = Bench(parse(["--strided", "--queries", str(queries)]))
+def count_flops(args: argparse.Namespace) -> tuple[int, dict[str, int]]:
+    """FLOPs of one meta-iteration of ``conv4_speed``'s set-up ``args``, loop path."""
+    bench = Bench(args)
     with FlopCounterMode(display=False) as counter:
         bench.objective["loop"]().backward()
     by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
@@ -57,12 +57,14 @@ def gemm_rate(n: int = 2048) -> float:
     return rate(lambda: a @ b, 2 * n**3)
 
 
-def batched_conv_rate(queries: int) -> float:
-    """Forward + backward of the network's four convolutions over all 32 tasks' images at
+def batched_conv_rate(args: argparse.Namespace) -> float:
+    """Forward + backward of the network's four convolutions over all tasks' images at
     once, shared filters: the same shapes at their most efficient batching."""
-    images = 32 * 5 * (1 + queries)
-    convs = [torch.nn.Conv2d(1 if i == 0 else 64, 64, 3, stride=2, padding=1) for i in range(4)]
-    x0 = torch.randn(images, 1, 28, 28)
+    images = args.meta_batch * args.ways * (args.shots + args.queries)
+    stride = 2 if args.strided else 1
+    convs = [torch.nn.Conv2d(args.channels if i == 0 else args.filters, args.filters, 3,
+                             stride=stride, padding=1) for i in range(4)]
+    x0 = torch.randn(images, args.channels, args.image_size, args.image_size)
 
     def run() -> None:
         h = x0
@@ -86,8 +88,9 @@ def main() -> None:
     gemm = gemm_rate()
     print(f"torch {torch.__version__}, {args.threads} thread(s); sgemm 2048^3: {gemm:.1f} GFLOP/s")
     for queries, peer in ((1, args.peer_ms), (15, args.peer_ms_15)):
-        total, by_op = count_flops(queries)
-        conv = batched_conv_rate(queries)
+        setup = parse(["--strided", "--queries", str(queries)])
+        total, by_op = count_flops(setup)
+        conv = batched_conv_rate(setup)
         floor_gemm, floor_conv = total / gemm / 1e6, total / conv / 1e6
         top = ", ".join(f"{k.split('.')[-1]} {v / 1e9:.2f}"
                         for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:4])

@@ -247,7 +247,7 @@ class Conv4(nn.Module):
         ``torch.func.grad`` but not under ``torch.func.vmap`` (see
         :class:`BatchStatNorm`): do not vmap this method.
 
-        Tasks run in groups whose first block output takes at most
+        On a CPU, tasks run in groups whose first block output takes at most
         :attr:`task_group_bytes` (results concatenated; the same values).
         """
         b = x.shape[0]
