@@ -85,6 +85,15 @@ def _footer(fig: plt.Figure, run: RunDir) -> None:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig``, cropped to what it draws (the footer below the figure included).
+
+    The constrained layout runs once first and is then kept: cropping replaces the
+    figure's box, and a legend placed "outside lower" would follow the new bottom edge
+    onto the footer, so each figure legend is pinned where the layout put it."""
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    for legend in fig.legends:
+        legend.set_bbox_to_anchor((0, 0, 1, 1), transform=fig.transFigure)
     buffer = io.BytesIO()
     fmt = path.suffix.lstrip(".")
     fig.savefig(buffer, format=fmt, dpi=110, bbox_inches="tight")
