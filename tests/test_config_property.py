@@ -24,7 +24,7 @@ TOP = [k for k in Config.model_fields if k not in FIELDS]
 WORDS = sorted({k for classes in _KIND_CLASSES.values() for k in classes} | {
     "auto", "cpu", "cuda", "cuda:0", "cuda:7", "mps", "tpu", "relu", "tanh", "vmap", "loop",
     "fused", "mse", "l1", "cross_entropy", "adam", "sgd", "float32", "float64", "best",
-    "last", "all", "per_class", "maml", "background", "data/x", "", "run"})
+    "last", "all", "per_class", "maml", "background", "vinyals", "data/x", "", "run"})
 
 random_keys = st.text(max_size=12) | st.integers(-3, 3) | st.booleans() | st.none()
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-3, 100)

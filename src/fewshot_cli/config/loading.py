@@ -1,0 +1,95 @@
+"""Loading a config: YAML from a file, ``--set`` overrides applied, then validated into a
+:class:`~.schema.Config`; every failure is a :class:`~fewshot_cli.errors.ConfigError` with
+one line naming the file (or the ``--set`` at fault) and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .messages import error_loc, format_error
+from .overrides import apply_overrides, parse_override
+from .quoting import one_line, quote
+from .schema import _DEFAULT_KIND, _KIND_CLASSES, Config
+
+
+def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
+    """Default ``task.kind`` to sinusoid, ``model.kind`` to the task's usual network and
+    ``algorithm.kind`` to maml."""
+    data = dict(data)
+    task = data.get("task")
+    if task is None:
+        task = data["task"] = {}
+    if isinstance(task, dict) and "kind" not in task:
+        data["task"] = task = {"kind": "sinusoid", **task}
+    kind = task.get("kind") if isinstance(task, dict) else None
+    task_cls = _KIND_CLASSES["task"].get(kind) if isinstance(kind, str) else None
+    model = data.get("model")
+    if model is None:
+        model = {}
+    if isinstance(model, dict) and "kind" not in model:
+        regression = task_cls is not None and task_cls.problem == "regression"
+        data["model"] = {"kind": "mlp" if regression else "conv4", **model}
+    algorithm = data.get("algorithm")
+    if algorithm is None:
+        algorithm = {}
+    if isinstance(algorithm, dict) and "kind" not in algorithm:
+        data["algorithm"] = {"kind": _DEFAULT_KIND["algorithm"], **algorithm}
+    return data
+
+
+def validate(data: dict[str, Any], source: str, overrides: list[str] | None = None) -> Config:
+    """Validate a raw mapping; ``source`` names it in error messages, unless the key at
+    fault was set by one of ``overrides`` (``--set``), which is then named instead."""
+    for section, classes in _KIND_CLASSES.items():
+        raw = data.get(section)
+        kind = raw.get("kind", "") if isinstance(raw, dict) else ""
+        # pydantic formats a discriminator as text: a nest of YAML aliases would expand
+        if not isinstance(kind, str):
+            raise ConfigError(one_line(f"{source}: {section}.kind: expected one of "
+                                       f"{', '.join(classes)}, found {quote(kind)}"))
+    data = _fill_kinds(data)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = error_loc(first)
+        for text in overrides or []:
+            path, _ = parse_override(text)
+            if loc[: len(path)] == path or (loc and path[: len(loc)] == loc):
+                source = f"--set {quote(text, 60)}"
+        raise ConfigError(one_line(f"{source}: {format_error(first, data)}")) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty (expected at least a task: section; "
+                          "see configs/ for examples)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    return validate(data, str(path), overrides)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,82 @@
+"""``fewshot ls``: one line per run directory under a folder, read from the run's files
+alone (meta.json, metrics.jsonl, config.yaml); a run whose files cannot be read still gets
+a line with what could be read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .compare import algorithm_label
+from .errors import RunDirError
+from .rundir import RunDir
+
+
+@dataclass
+class Listed:
+    """One line of ``fewshot ls``."""
+
+    name: str
+    algorithm: str
+    task: str
+    status: str
+    iterations: int | None
+    best: str
+    started: str
+
+
+def find_runs(root: str | Path) -> list[RunDir]:
+    """Every run directory directly under ``root`` (or ``root`` itself), by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunDirError(f"{root}: no such folder (fewshot ls reads run directories from "
+                          "a folder such as runs/)")
+    runs = []
+    for p in sorted([root, *root.iterdir()]):
+        if p.is_dir() and (p / "config.yaml").is_file() and (p / "meta.json").is_file():
+            runs.append(RunDir(p))
+    return runs
+
+
+def best_validation(rows: list[dict[str, Any]]) -> str:
+    """The best validation score in the metrics: accuracy for classification, else the
+    lowest median loss."""
+    acc = [r["val_accuracy"] for r in rows if isinstance(r.get("val_accuracy"), (int, float))]
+    if acc:
+        return f"{100 * max(acc):.2f}%"
+    med = [r.get("val_loss_median", r.get("val_loss")) for r in rows]
+    med = [v for v in med if isinstance(v, (int, float)) and v == v]
+    return f"{min(med):.4g}" if med else "-"
+
+
+def list_runs(root: str | Path) -> list[Listed]:
+    """One entry per run under ``root``; a run whose files cannot be read is listed with
+    what could be read."""
+    out = []
+    for run in find_runs(root):
+        try:
+            meta = run.read_meta()
+        except Exception:  # noqa: BLE001 - a damaged meta.json still gets a line
+            meta = {}
+        try:
+            rows = run.read_metrics()
+        except Exception:  # noqa: BLE001
+            rows = []
+        try:
+            status = run.status()
+        except Exception:  # noqa: BLE001
+            status = "unreadable"
+        it = meta.get("iteration")
+        if it is None and rows:
+            it = rows[-1].get("iteration")
+        started = str(meta.get("started", "-")).replace("T", " ")[5:16] or "-"
+        algorithm = str(meta.get("algorithm", "?"))
+        try:
+            algorithm = algorithm_label(run.read_config())
+        except Exception:  # noqa: BLE001 - meta.json's kind then
+            pass
+        out.append(Listed(run.path.name, algorithm,
+                          str(meta.get("task", "?")), status, it, best_validation(rows),
+                          started))
+    return out

@@ -1,0 +1,174 @@
+"""What the commands print: the Rich tables and lines of ``fewshot eval``, ``compare`` and
+``ls``, built from their results. Nothing here reads a run or computes a statistic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from .compare import Entry
+    from .listing import Listed
+
+
+def fmt(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
+    """``mean ± ci95`` of one statistic (``-`` when every task diverged)."""
+    if stat["mean"] is None:
+        return "-"
+    return f"{scale * stat['mean']:.{digits}g} ± {scale * stat['ci95']:.2g}"
+
+
+# ------------------------------------------------------------------------------ fewshot eval
+def print_eval(out: Console, results: list[dict]) -> None:
+    """The settings on lines of their own, then one table per protocol and run (the run
+    and its baselines adjacent), each no wider than the terminal."""
+    first = results[0]
+    s = first["settings"]
+    runs = {(r.get("baseline", False), r["run"]): r for r in results}
+    for (is_baseline, path), r in runs.items():
+        role = "baseline" if is_baseline else "run"
+        out.print(f"{role}: {path}", highlight=False)
+        out.print(f"  {r.get('algorithm', '?')}, {r['checkpoint']}.pt from iteration "
+                  f"{r['checkpoint_iteration']}", highlight=False)
+    lr = "learned step sizes" if s["inner_lr"] is None else f"inner lr {s['inner_lr']:g}"
+    out.print(f"test tasks: {s['tasks']} (seed {s['seed']}), {lr}, "
+              f"loss {s.get('loss', '?')}", highlight=False)
+    out.print(f"protocol: {s['protocol']}", highlight=False)
+    classification = "accuracy" in first["per_step"][0]
+    for r in results:
+        out.print(eval_table(r, classification))
+        for line in probe_lines(r.get("probe")):
+            out.print(line, highlight=False)
+        if r["diverged_tasks"]:
+            out.print(f"[yellow]{r['diverged_tasks']} task(s) diverged (non-finite loss) and "
+                      "are left out of the means at the steps where they diverged[/]")
+    for group in protocol_groups(results):
+        if len(group) > 1:
+            out.print(side_by_side(group, classification))
+
+
+def eval_table(r: dict, classification: bool) -> Table:
+    """One result (a run or a baseline under one protocol): its scores at each step shown."""
+    rs = r["settings"]
+    who = r.get("name") or Path(r["run"]).name
+    kind = r.get("algorithm", "?") + (", baseline" if r.get("baseline") else "")
+    shots = (f"{rs['ways']}-way {rs['shots']}-shot" if classification and rs.get("ways")
+             else f"K={rs['shots']}")
+    table = Table(title=f"{shots}: {who} ({kind})", title_justify="left")
+    table.add_column("steps", justify="right")
+    if classification:
+        table.add_column("accuracy % (95% CI)", justify="right")
+    table.add_column("loss mean (95% CI)", justify="right")
+    table.add_column("median", justify="right")
+    table.add_column("diverged", justify="right")
+    shown = rs.get("table_steps")
+    for row in r["per_step"]:
+        if shown and row["step"] not in shown:
+            continue
+        cells = [str(row["step"])]
+        if classification:
+            cells.append(fmt(row["accuracy"], 100))
+        med = row["loss"]["median"]
+        cells += [fmt(row["loss"]), "-" if med is None else f"{med:.4g}",
+                  str(row["loss"]["diverged"])]
+        table.add_row(*cells)
+    return table
+
+
+def protocol_groups(results: list[dict]) -> list[list[dict]]:
+    """The results of one protocol: the run, then its baselines (eval's order)."""
+    groups: list[list[dict]] = []
+    for r in results:
+        if not r.get("baseline") or not groups:
+            groups.append([])
+        groups[-1].append(r)
+    return groups
+
+
+def side_by_side(group: list[dict], classification: bool) -> Table:
+    """The run and its baselines on the same tasks: unadapted and after the last step."""
+    s = group[0]["settings"]
+    steps = s["steps"]
+    what = "accuracy %" if classification else "loss"
+    table = Table(title=f"same {s['tasks']} tasks, K={s['shots']}: {what} (95% CI)",
+                  title_justify="left")
+    table.add_column("run")
+    table.add_column("unadapted", justify="right")
+    table.add_column(f"after {steps} step{'s' if steps != 1 else ''}", justify="right")
+    for r in group:
+        who = f"{r.get('algorithm', '?')} ({r.get('name') or Path(r['run']).name})"
+        rows = {row["step"]: row for row in r["per_step"]}
+        last = rows.get(steps, r["per_step"][-1])
+        key, scale = ("accuracy", 100.0) if classification else ("loss", 1.0)
+        table.add_row(who if len(who) <= 36 else who[:35] + "…",
+                      fmt(rows[0][key], scale), fmt(last[key], scale))
+    return table
+
+
+def probe_lines(probe: dict | None) -> list[str]:
+    """The function-space scores of a result (sinusoids), before -> after adaptation."""
+    if not probe:
+        return []
+    pts = probe["points"]
+    lines = []
+    if "curve_l1" in probe:
+        c = probe["curve_l1"]
+        lines.append(f"curve L1 on [{pts['low']:.3g}, {pts['high']:.3g}]: "
+                     f"{fmt(c['before'], 1, 3)} unadapted, {fmt(c['after'], 1, 3)} adapted")
+    if "phase_identified" in probe:
+        c = probe["phase_identified"]
+        lines.append(f"own phase's curve closer: {fmt(c['before'], 100, 3)}% of tasks "
+                     f"unadapted, {fmt(c['after'], 100, 3)}% adapted")
+    return lines
+
+
+# ------------------------------------------------------------------------------ fewshot compare
+def compare_table(entries: list[Entry]) -> Table:
+    """One row per compared run: its score at its evaluated step count, and training cost."""
+    classification = all(e.classification for e in entries)
+    table = Table(title="test-set evaluation of each run (eval.json; 95% CI)",
+                  title_justify="left")
+    table.add_column("run")
+    table.add_column("algorithm")
+    table.add_column("K/steps", justify="right")
+    table.add_column("accuracy %" if classification else "loss", justify="right")
+    table.add_column("its", justify="right")
+    table.add_column("s/it", justify="right")
+    for e in entries:
+        row = e.at(e.steps) or e.result["per_step"][-1]
+        stat = row["accuracy"] if classification else row["loss"]
+        per_it = (f"{e.seconds / e.iterations:.3g}" if e.seconds and e.iterations else "-")
+        table.add_row(e.name if len(e.name) <= 24 else e.name[:23] + "…", e.algorithm,
+                      f"{e.result['settings']['shots']}/{e.steps}",
+                      fmt(stat, 100.0 if classification else 1.0),
+                      "-" if e.iterations is None else str(e.iterations), per_it)
+    return table
+
+
+# ------------------------------------------------------------------------------ fewshot ls
+def runs_table(listed: list[Listed]) -> Table:
+    """One borderless row per run, no cell wrapped."""
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (("run", "left"), ("algorithm", "left"), ("task", "left"),
+                          ("status", "left"), ("its", "right"), ("best val.", "right"),
+                          ("started", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for x in listed:
+        table.add_row(x.name, x.algorithm, x.task, x.status,
+                      "-" if x.iterations is None else str(x.iterations), x.best, x.started)
+    return table
+
+
+def print_runs(out: Console, listed: list[Listed]) -> None:
+    """:func:`runs_table` and what its "best val." means, one line per run however long its
+    name: wider than the terminal rather than wrapped."""
+    table = runs_table(listed)
+    wide = Console(width=10_000)
+    width = max(out.width, Measurement.get(wide, wide.options, table).maximum)
+    Console(width=width, highlight=False).print(table)
+    out.print("best val.: highest validation accuracy, or lowest median validation loss",
+              highlight=False, style="dim")
