@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fewshot_cli.plots import _footer, _save  # noqa: E402
+from fewshot_cli.plots import figures  # noqa: E402
 
 
 def test_footer_is_clear_of_an_outside_legend(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_footer_is_clear_of_an_outside_legend(tmp_path: Path) -> None:
     ax.plot([0, 1], [0, 1], label="train: maml's outer loss (logging-window means)")
     ax.plot([0, 1], [1, 0], label="validation: 100 tasks after 10 inner steps")
     legend = fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    _footer(fig, SimpleNamespace(path=Path("sine-maml-20261126-233514")))
+    figures.footer(fig, SimpleNamespace(path=Path("sine-maml-20261126-233514")))
     footer = fig.texts[-1]
     seen = []
 
@@ -28,7 +28,7 @@ def test_footer_is_clear_of_an_outside_legend(tmp_path: Path) -> None:
                      footer.get_window_extent(event.renderer), fig.bbox.frozen()))
 
     fig.canvas.mpl_connect("draw_event", check)
-    out = _save(fig, tmp_path / "loss.png")
+    out = figures.save(fig, tmp_path / "loss.png")
     assert out.stat().st_size > 0 and seen
     legend_box, footer_box, written = seen[-1]  # the render that is written
     assert not footer_box.overlaps(legend_box)

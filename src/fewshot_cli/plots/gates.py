@@ -18,9 +18,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from .config import Config
-from .plots import _footer, _log_scale_helps, _save
-from .rundir import RunDir
+from ..config import Config
+from ..rundir import RunDir
+from .figures import footer, log_scale_helps, save
 
 GATES = (("input_gate", "input gate i_t (the learned learning rate)"),
          ("forget_gate", "forget gate f_t (1 keeps the parameter)"))
@@ -90,7 +90,7 @@ def plot_gates(run: RunDir, results: list[dict[str, Any]], cfg: Config, fmt: str
             ax.axhline(lr, color="0.2", ls="--", lw=1.2,
                        label=f"plain SGD: best fixed lr {lr:g} (validation tasks)")
             values.append(lr)
-        if gate == "input_gate" and _log_scale_helps(values, ratio=10):
+        if gate == "input_gate" and log_scale_helps(values, ratio=10):
             ax.set_yscale("log")
         ax.set_xlabel("inner update t")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -106,5 +106,5 @@ def plot_gates(run: RunDir, results: list[dict[str, Any]], cfg: Config, fmt: str
     fig.suptitle(f"The learned update rule on {tasks} test tasks (K={shots})\n"
                  "lines: each layer's mean gate, averaged over the tasks; "
                  "bands: ±1 sd over the layer's coordinates", fontsize=10)
-    _footer(fig, run)
-    return _save(fig, run.plots_dir / f"gates.{fmt}")
+    footer(fig, run)
+    return save(fig, run.plots_dir / f"gates.{fmt}")
