@@ -10,21 +10,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fewshot_cli.algorithms import Algorithm
 from fewshot_cli.config import load_config
-from fewshot_cli.engine import distributed, runner
+from fewshot_cli.engine import distributed, runner, trainer
 
 
 def fail_on_rank(rank: int, iteration: int) -> None:
-    """Make rank ``rank`` raise in its meta-step at ``iteration`` (a rank's own error)."""
-    real = Algorithm.meta_step
+    """Make rank ``rank`` raise in its meta-update at ``iteration`` (a rank's own error)."""
+    real = trainer.meta_update
 
-    def meta_step(self, batch, path, progress, optimizer):  # noqa: ANN001, ANN202
-        if self.sync.rank == rank and progress.iteration == iteration:
+    def meta_update(algo, batch, path, progress, optimizer):  # noqa: ANN001, ANN202
+        if algo.settings.group.rank == rank and progress.iteration == iteration:
             raise ValueError(f"injected failure at iteration {iteration}")
-        return real(self, batch, path, progress, optimizer)
+        return real(algo, batch, path, progress, optimizer)
 
-    Algorithm.meta_step = meta_step  # type: ignore[method-assign]
+    trainer.meta_update = meta_update
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import torch
 from cli_helpers import invoke, train_omniglot_fixture
 from PIL import Image
 
-from fewshot_cli.algorithms import Context, Progress, Support
+from fewshot_cli.algorithms import Context, Support, TrainingProgress
 from fewshot_cli.algorithms.anil import ANIL
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import ANILConfig, MAMLConfig, SinusoidTask, load_config
@@ -63,7 +63,7 @@ def conv_setup(steps: int = 2, first_order: bool = False, strided: bool = True,
 
 def meta_grads(algo: torch.nn.Module, batch: TaskBatch, path: str) -> dict[str, torch.Tensor]:
     algo.zero_grad(set_to_none=True)
-    algo.meta_loss(batch, path, Progress(1, 1))[0].backward()
+    algo.meta_loss(batch, path, TrainingProgress(1, 1))[0].backward()
     return {k: p.grad.clone() for k, p in algo.named_parameters()}
 
 
@@ -213,7 +213,7 @@ def test_equals_maml_whose_inner_loop_updates_only_the_head(network: str,
     assert torch.allclose(a.metrics["inner_loss"], m.metrics["inner_loss"], atol=1e-14)
     assert torch.allclose(anil.adaptation_curve(batch, 3, "loop"),
                           maml.adaptation_curve(batch, 3, "loop"), rtol=1e-12, atol=1e-14)
-    la, ma = (x.meta_loss(batch, "loop", Progress(1, 1)) for x in (anil, maml))
+    la, ma = (x.meta_loss(batch, "loop", TrainingProgress(1, 1)) for x in (anil, maml))
     assert abs(float((la[0] - ma[0]).detach())) < 1e-13
     assert set(la[1]) == set(ma[1])  # the same metrics, inner_loss_after included
     for k in la[1]:
@@ -240,7 +240,7 @@ def test_body_runs_once_per_set_whatever_the_number_of_inner_steps(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Conv4, method, spy)
-    algo.meta_loss(batch, path, Progress(1, 1))
+    algo.meta_loss(batch, path, TrainingProgress(1, 1))
     per_call = 3 if path == "loop" else 1
     assert len(calls) == 2 * per_call
     calls.clear()
@@ -255,7 +255,7 @@ def test_body_runs_once_per_set_whatever_the_number_of_inner_steps(
         maml = HeadOnlyMAML(algo.model, MAMLConfig(loss="cross_entropy", inner_lr=0.3,
                                                    inner_steps=steps),
                             TaskShape("classification", (1, 12, 12), 3))
-        maml.meta_loss(batch, "loop", Progress(1, 1))
+        maml.meta_loss(batch, "loop", TrainingProgress(1, 1))
         assert len(calls) == 3 * (steps + 2)
 
 

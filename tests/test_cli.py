@@ -42,7 +42,7 @@ def test_train_writes_run_directory(trained: Path) -> None:
     assert (trained / "config.yaml").is_file()
     meta = json.loads((trained / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["iteration"] == 40
-    assert meta["vectorize"]["mode"] == "vmap" and meta["seed"] == 0
+    assert meta["vectorize"]["path"] == "vmap" and meta["seed"] == 0
     assert {"torch", "python", "device", "command", "started", "ended"} <= meta.keys()
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
@@ -130,7 +130,7 @@ def test_first_order_and_loop_paths_train(tmp_path: Path) -> None:
     run = train(tmp_path, "fo", "--set", "algorithm.first_order=true", "--set",
                 "train.vectorize=loop", "--set", "algorithm.inner_steps=2")
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["vectorize"]["mode"] == "loop"
+    assert meta["vectorize"]["path"] == "loop"
     row = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][0]
     assert len(row["inner_loss"]) == 2
 
@@ -147,7 +147,7 @@ def test_auto_vectorize_measures_and_caches(tmp_path: Path) -> None:
     run = train(tmp_path, "auto", "--set", "train.vectorize=auto")
     info = json.loads((run / "meta.json").read_text())["vectorize"]
     timed = {"vmap", "loop", "fused"}  # compiled is timed only for runs long enough to repay it
-    assert info["mode"] in timed and set(info["seconds_per_step"]) == timed
+    assert info["path"] in timed and set(info["seconds_per_step"]) == timed
     again = train(tmp_path, "auto2", "--set", "train.vectorize=auto")
     assert json.loads((again / "meta.json").read_text())["vectorize"]["source"] == \
         "cached measurement"

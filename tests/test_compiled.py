@@ -3,6 +3,7 @@ against the eager loop, in float64; and how ``auto`` weighs a compilation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig, SinusoidTask, load_config
 from fewshot_cli.engine import compiled, vectorize
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.engine.setup import build_experiment
 from fewshot_cli.errors import ConfigError
 from fewshot_cli.models import MLP
@@ -34,7 +36,7 @@ def _setup(steps: int = 2, seed: int = 0, **options: object) -> tuple[MAML, Task
     return algo, batch
 
 
-def _eager_grads(algo: MAML, batch: TaskBatch, path: str, progress: Progress
+def _eager_grads(algo: MAML, batch: TaskBatch, path: str, progress: TrainingProgress
                  ) -> dict[str, torch.Tensor]:
     algo.zero_grad(set_to_none=True)
     loss, _ = algo.meta_loss(batch, path, progress)
@@ -60,17 +62,18 @@ class _Recorder:
 
 
 def test_compiled_meta_gradient_equals_the_eager_loop() -> None:
-    """The one compiled test (inductor): ``meta_step`` on ``compiled`` sets ``.grad`` to the
-    eager loop's meta-gradient, hands it to ``sync.gradients`` before the optimiser step."""
+    """The one compiled test (inductor): ``meta_update`` on ``compiled`` sets ``.grad`` to the
+    eager loop's meta-gradient, hands it to the process group's ``gradients`` before the
+    optimiser step."""
     algo, batch = _setup(steps=2)
-    progress = Progress(1, 1)
+    progress = TrainingProgress(1, 1)
     want = _eager_grads(algo, batch, "loop", progress)
     _assert_close(_eager_grads(algo, batch, "fused", progress), want)
-    algo.sync = _Recorder()  # type: ignore[assignment]
+    algo.settings = dataclasses.replace(algo.settings, group=_Recorder())
     before = {n: p.detach().clone() for n, p in algo.named_parameters()}
     optimizer = torch.optim.SGD(algo.parameters(), lr=0.1)
-    metrics = algo.meta_step(batch, "compiled", progress, optimizer)
-    _assert_close(algo.sync.seen[0], want)
+    metrics = meta_update(algo, batch, "compiled", progress, optimizer)
+    _assert_close(algo.settings.group.seen[0], want)
     _assert_close({n: p.grad for n, p in algo.named_parameters()}, want)
     for n, p in algo.named_parameters():
         assert torch.allclose(p.detach(), before[n] - 0.1 * want[n], rtol=0, atol=1e-12)
@@ -88,13 +91,13 @@ def test_an_objective_that_changes_every_iteration_falls_back_to_eager(monkeypat
     algo, batch = _setup(steps=2, seed=1, msl_iterations=10)
     optimizer = torch.optim.SGD(algo.parameters(), lr=0.0)
     for it in (1, 2, 3):
-        progress = Progress(it, 20, logged=False)
+        progress = TrainingProgress(it, 20, logged=False)
         want = _eager_grads(algo, batch, "loop", progress)
         if it == 2:
             with pytest.warns(RuntimeWarning, match="eager vmap path"):
-                algo.meta_step(batch, "compiled", progress, optimizer)
+                meta_update(algo, batch, "compiled", progress, optimizer)
         else:
-            algo.meta_step(batch, "compiled", progress, optimizer)
+            meta_update(algo, batch, "compiled", progress, optimizer)
         _assert_close({n: p.grad for n, p in algo.named_parameters()}, want)
     assert compiled.uses_eager(algo)
 
@@ -146,11 +149,11 @@ def test_compiled_is_not_offered_without_vmap(monkeypatch) -> None:
 def test_cuda_graphs_only_on_a_cuda_device() -> None:
     algo, _ = _setup()
     assert not compiled.uses_graphs(algo, torch.device("cuda"))
-    algo.cuda_graphs = True
+    algo.settings = dataclasses.replace(algo.settings, cuda_graphs=True)
     assert compiled.uses_graphs(algo, torch.device("cuda"))
     assert not compiled.uses_graphs(algo, torch.device("cpu"))
     cfg = load_config(SINE, ["device=cpu", "train.cuda_graphs=true"])
-    assert build_experiment(cfg, torch.device("cpu")).algo.cuda_graphs
+    assert build_experiment(cfg, torch.device("cpu")).algo.settings.cuda_graphs
 
 
 def test_cuda_graph_outputs_are_copied_before_the_next_replay(monkeypatch) -> None:
@@ -172,10 +175,10 @@ def test_cuda_graph_outputs_are_copied_before_the_next_replay(monkeypatch) -> No
     monkeypatch.setattr(compiled, "_meta_gradient_graphs", replay)
     monkeypatch.setattr(compiled, "uses_graphs", lambda algo, device: True)
     algo, batch = _setup(steps=1, seed=2)
-    progress = Progress(1, 1)
+    progress = TrainingProgress(1, 1)
     want = _eager_grads(algo, batch, "loop", progress)
     optimizer = torch.optim.SGD(algo.parameters(), lr=0.0)
-    metrics = algo.meta_step(batch, "compiled", progress, optimizer)
+    metrics = meta_update(algo, batch, "compiled", progress, optimizer)
     kept = {n: p.grad for n, p in algo.named_parameters()}
     loss = metrics["loss"].clone()
     for t in handed:  # the next replay

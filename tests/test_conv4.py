@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig
 from fewshot_cli.models import Conv4
@@ -48,7 +48,7 @@ def _flat_grad(algo: MAML, loss_fn) -> torch.Tensor:
 
 
 def _meta_grad(algo: MAML, batch: TaskBatch, mode: str) -> torch.Tensor:
-    return _flat_grad(algo, lambda: algo.meta_loss(batch, mode, Progress(1, 1))[0])
+    return _flat_grad(algo, lambda: algo.meta_loss(batch, mode, TrainingProgress(1, 1))[0])
 
 
 # -- shapes and batch norm ---------------------------------------------------------------------
@@ -174,8 +174,8 @@ def test_forward_tasks_rejects_bad_params() -> None:
 def test_fused_meta_gradient_equals_loop(strided: bool, steps: int, first_order: bool) -> None:
     algo = _algo(strided, steps, first_order=first_order)
     batch = _batch(3, (1, 16, 16), queries=2)
-    loop_loss, loop_metrics = algo.meta_loss(batch, "loop", Progress(1, 1))
-    fused_loss, fused_metrics = algo.meta_loss(batch, "fused", Progress(1, 1))
+    loop_loss, loop_metrics = algo.meta_loss(batch, "loop", TrainingProgress(1, 1))
+    fused_loss, fused_metrics = algo.meta_loss(batch, "fused", TrainingProgress(1, 1))
     assert abs(loop_loss.item() - fused_loss.item()) < 1e-12
     for key, value in loop_metrics.items():
         assert (fused_metrics[key] - value).abs().max() < 1e-12, key

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fewshot_cli.algorithms import Context, Progress, Support
+from fewshot_cli.algorithms import Context, Support, TrainingProgress
 from fewshot_cli.algorithms.daml import DAML
 from fewshot_cli.cli import app
 from fewshot_cli.config import DAMLConfig, load_config, validate
@@ -54,7 +54,7 @@ def test_loss_network_gets_gradients_and_changes(first_order: bool) -> None:
     gen = torch.Generator().manual_seed(0)
     for i in range(3):
         batch = exp.source.sample(4, gen, "train")
-        loss, _ = algo.meta_loss(batch, "vmap", Progress(i + 1, 3))
+        loss, _ = algo.meta_loss(batch, "vmap", TrainingProgress(i + 1, 3))
         opt.zero_grad()
         loss.backward()
         grads = [p.grad for p in algo.loss_net.parameters()]
@@ -126,7 +126,7 @@ def test_vmap_equals_loop_in_float64(first_order: bool) -> None:
                                               points_per_step=2), shape).double()
     batch = SinusoidTasks(load_config(CROSS).task).sample(
         3, torch.Generator().manual_seed(0)).to("cpu", torch.float64)
-    grads = {path: _flat_grad(algo, algo.meta_loss(batch, path, Progress(1, 1))[0])
+    grads = {path: _flat_grad(algo, algo.meta_loss(batch, path, TrainingProgress(1, 1))[0])
              for path in ("vmap", "loop")}
     assert torch.allclose(grads["vmap"], grads["loop"], rtol=1e-10, atol=1e-12)
     curves = [algo.adaptation_curve(batch, 4, p) for p in ("vmap", "loop")]
@@ -144,7 +144,7 @@ def test_conv4_fused_equals_loop_in_float64(first_order: bool) -> None:
     images = torch.randn(2, 12, 1, 12, 12, generator=gen, dtype=torch.float64)
     labels = torch.arange(3).repeat(4).expand(2, -1).contiguous()
     batch = TaskBatch(images[:, :6], labels[:, :6], images[:, 6:], labels[:, 6:])
-    grads = {path: _flat_grad(algo, algo.meta_loss(batch, path, Progress(1, 1))[0])
+    grads = {path: _flat_grad(algo, algo.meta_loss(batch, path, TrainingProgress(1, 1))[0])
              for path in ("fused", "loop", "vmap")}
     assert torch.allclose(grads["fused"], grads["loop"], rtol=1e-9, atol=1e-11)
     assert torch.allclose(grads["vmap"], grads["loop"], rtol=1e-9, atol=1e-11)
@@ -153,9 +153,9 @@ def test_conv4_fused_equals_loop_in_float64(first_order: bool) -> None:
 def test_second_order_differs_from_first_order() -> None:
     exp = _exp(CHAPTER)
     batch = exp.source.sample(2, torch.Generator().manual_seed(0), "train")
-    g2 = _flat_grad(exp.algo, exp.algo.meta_loss(batch, "loop", Progress(1, 1))[0])
+    g2 = _flat_grad(exp.algo, exp.algo.meta_loss(batch, "loop", TrainingProgress(1, 1))[0])
     exp.algo.cfg.first_order = True
-    g1 = _flat_grad(exp.algo, exp.algo.meta_loss(batch, "loop", Progress(1, 1))[0])
+    g1 = _flat_grad(exp.algo, exp.algo.meta_loss(batch, "loop", TrainingProgress(1, 1))[0])
     assert not torch.allclose(g1, g2)
 
 

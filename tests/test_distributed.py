@@ -17,9 +17,10 @@ import pytest
 import torch
 from image_fixtures import make_omniglot
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.engine import checkpoint
 from fewshot_cli.engine.distributed import rank_seed, share
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.engine.setup import build_experiment
 from fewshot_cli.rundir import RunDir
 from fewshot_cli.tasks import TaskBatch
@@ -99,8 +100,8 @@ def one_process_reference(run: Path, world: int) -> tuple[dict[str, torch.Tensor
         batch = concat([exp.source.sample(share(total, r, world), g, "train")
                         for r, g in enumerate(gens)])
         logged = it % cfg.train.log_every == 0 or it == cfg.train.iterations
-        algo.meta_step(batch.to(exp.device, exp.dtype), path,
-                       Progress(it, cfg.train.iterations, logged), optimizer)
+        meta_update(algo, batch.to(exp.device, exp.dtype), path,
+                       TrainingProgress(it, cfg.train.iterations, logged), optimizer)
         if scheduler is not None:
             scheduler.step()
     return state["algorithm"], algo.state_dict()

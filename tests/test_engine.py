@@ -16,19 +16,21 @@ from torch.func import functional_call
 
 from fewshot_cli.algorithms import (
     ALGORITHMS,
+    VECTORIZE,
     Algorithm,
     Context,
-    Progress,
     Support,
+    TrainingProgress,
     algorithm_class,
-    base,
 )
+from fewshot_cli.algorithms.batching import split
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import ALGORITHM_SECTIONS, MAMLConfig, load_config, validate
 from fewshot_cli.engine import checkpoint, vectorize
 from fewshot_cli.engine.evaluator import divergence_summary, load_experiment, summarize
 from fewshot_cli.engine.setup import build_experiment
-from fewshot_cli.engine.trainer import StopSignals, train
+from fewshot_cli.engine.stopping import StopSignals
+from fewshot_cli.engine.trainer import train
 from fewshot_cli.errors import ConfigError, FewshotError, RunDirError
 from fewshot_cli.models import Conv4
 from fewshot_cli.plots import plot_run
@@ -66,7 +68,7 @@ def test_registry_and_config_sections_agree() -> None:
     for kind in ALGORITHMS:
         cls = algorithm_class(kind)
         assert issubclass(cls, Algorithm) and cls.kind == kind
-        assert set(cls.paths) <= set(base.PATHS)
+        assert set(cls.paths) <= set(VECTORIZE)
 
 
 def test_support_has_no_query_fields() -> None:
@@ -92,7 +94,7 @@ def test_query_never_reaches_adaptation(kind: str, monkeypatch) -> None:
         return inner_step(self, params, state, support, step, ctx)
 
     monkeypatch.setattr(type(exp.algo), "inner_step", spy)
-    exp.algo.meta_loss(batch, path, Progress(1, 1))
+    exp.algo.meta_loss(batch, path, TrainingProgress(1, 1))
     exp.algo.adaptation_curve(batch, 2, path)
     exp.algo.adapt_one(batch, 0, 2)
     assert seen and all(isinstance(s, Support) for s in seen)
@@ -120,16 +122,23 @@ class Averaged(MAML):
         new, loss = self.sgd_step(params, support.x, support.y, self.inner_lr, False, ctx)
         return new, state + step, {"support_mse": loss, "step_index": state + step}
 
-    def meta_step(self, batch, path, progress, optimizer):  # noqa: ANN001
-        support, _ = base.split(batch)
+    def meta_loss(self, batch, vectorize, progress):  # noqa: ANN001
+        """A surrogate whose gradient points from the mean adapted weights to the init."""
+        support, _ = split(batch)
         base_params = {k: v.detach() for k, v in self.params().items()}
+        target = {k: torch.zeros_like(v) for k, v in base_params.items()}
         with torch.no_grad():
             for i in range(len(batch)):
                 one = Support(support.x[i], support.y[i])
                 fast = self.adapt(base_params, one, 2, Context(True, progress=progress)).params
-                for k, p in self.params().items():
-                    p.add_(0.1 * (fast[k] - base_params[k]) / len(batch))
-        return {"progress": torch.tensor(progress.fraction), "moved": torch.ones(2)}
+                for k in target:
+                    target[k] += fast[k] / len(batch)
+        surrogate = sum((p - target[k]).pow(2).sum() / 2 for k, p in self.params().items())
+        return surrogate, {"progress": torch.tensor(progress.fraction), "moved": torch.ones(2)}
+
+    def after_update(self, batch, progress, metrics):  # noqa: ANN001
+        metrics.pop("loss")  # the surrogate is not a loss worth logging
+        return metrics
 
 
 def test_a_plug_in_with_its_own_metrics_trains_logs_and_plots(tmp_path: Path) -> None:
@@ -185,7 +194,7 @@ def test_progress_reaches_the_objective() -> None:
     exp = build_experiment(cfg, torch.device("cpu"))
     algo = Spy(exp.algo.model, cfg.algorithm, exp.source)
     batch = exp.source.sample(2, torch.Generator().manual_seed(0), "train")
-    algo.meta_loss(batch, "loop", Progress(3, 12))
+    algo.meta_loss(batch, "loop", TrainingProgress(3, 12))
     assert fractions == [0.25, 0.25]
 
 
@@ -264,7 +273,7 @@ def test_second_order_gradient_through_conv4_with_batch_norm_matches_finite_diff
         return total / 2
 
     algo.zero_grad()
-    algo.meta_loss(batch, "fused", Progress(1, 1))[0].backward()
+    algo.meta_loss(batch, "fused", TrainingProgress(1, 1))[0].backward()
     got = torch.cat([dict(model.named_parameters())[n].grad.flatten() for n in names])
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gen = torch.Generator().manual_seed(2)

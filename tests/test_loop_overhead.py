@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from fewshot_cli.algorithms import Context, Progress
-from fewshot_cli.algorithms.base import Support
+from fewshot_cli.algorithms import Context, TrainingProgress
+from fewshot_cli.algorithms.batching import Support
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig
 from fewshot_cli.models import MLP, Conv4
@@ -99,7 +99,7 @@ def test_fused_meta_gradient_in_groups_equals_loop() -> None:
 
     def grad(path: str) -> torch.Tensor:
         algo.zero_grad(set_to_none=True)
-        algo.meta_loss(batch, path, Progress(1, 1))[0].backward()
+        algo.meta_loss(batch, path, TrainingProgress(1, 1))[0].backward()
         return torch.cat([p.grad.flatten() for p in algo.parameters()])
 
     model.task_group_bytes = 1

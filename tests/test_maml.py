@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot_cli.algorithms import Context, Progress
+from fewshot_cli.algorithms import Context, TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig, SinusoidTask
 from fewshot_cli.models import MLP
@@ -29,7 +29,7 @@ def _setup(steps: int = 2, first_order: bool = False, seed: int = 0):
 
 def _meta_grad(algo: MAML, batch, mode: str) -> torch.Tensor:
     algo.zero_grad()
-    loss, _ = algo.meta_loss(batch, mode, Progress(1, 1))
+    loss, _ = algo.meta_loss(batch, mode, TrainingProgress(1, 1))
     loss.backward()
     return torch.cat([p.grad.flatten() for p in algo.parameters()])
 

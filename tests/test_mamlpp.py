@@ -17,11 +17,14 @@ import torch.nn.functional as F
 from cli_helpers import invoke, runner, train_omniglot_fixture
 from resume_helpers import interrupted_and_resumed_equals_uninterrupted
 
-from fewshot_cli.algorithms import Algorithm, Context, Progress, Support, algorithm_class
-from fewshot_cli.algorithms.base import Metrics, Params, Query, accuracy
-from fewshot_cli.algorithms.maml import MAML, lr_key, msl_weights
+from fewshot_cli.algorithms import Algorithm, Context, Support, TrainingProgress, algorithm_class
+from fewshot_cli.algorithms.batching import Query
+from fewshot_cli.algorithms.losses import accuracy
+from fewshot_cli.algorithms.maml import MAML, msl_weights
+from fewshot_cli.algorithms.params import Metrics, Params, param_key
 from fewshot_cli.cli import app
 from fewshot_cli.config import MAMLConfig, load_config, validate
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.engine.setup import build_experiment
 from fewshot_cli.errors import ConfigError
 from fewshot_cli.models import MLP, Conv4
@@ -88,7 +91,7 @@ def grads_of(algo: Algorithm, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), got)}
 
 
-def meta_grads(algo: Algorithm, batch: TaskBatch, path: str, progress: Progress
+def meta_grads(algo: Algorithm, batch: TaskBatch, path: str, progress: TrainingProgress
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Metrics]:
     loss, metrics = algo.meta_loss(batch, path, progress)
     return loss.detach(), grads_of(algo, loss), metrics
@@ -196,10 +199,10 @@ def test_all_options_off_is_exactly_todays_maml(net: str) -> None:
     algo = make()
     today = TodaysMAML(make().model, algo.cfg, SINE_SHAPE if net == "mlp" else IMAGES)
     assert list(algo.state_dict()) == ["model." + k for k in today.model.state_dict()]
-    assert algo.params().keys() == today.params().keys() and not algo.learned_step_sizes
+    assert algo.params().keys() == today.params().keys() and not algo.learns_step_sizes(algo.cfg)
     for path in algo.available_paths:
-        a_loss, a_grads, a_metrics = meta_grads(algo, batch, path, Progress(1, 1))
-        b_loss, b_grads, b_metrics = meta_grads(today, batch, path, Progress(1, 1))
+        a_loss, a_grads, a_metrics = meta_grads(algo, batch, path, TrainingProgress(1, 1))
+        b_loss, b_grads, b_metrics = meta_grads(today, batch, path, TrainingProgress(1, 1))
         assert torch.equal(a_loss, b_loss)
         assert all(torch.equal(a_grads[k], b_grads[k]) for k in a_grads)
         assert a_metrics.keys() == b_metrics.keys()
@@ -234,15 +237,15 @@ def test_msl_weights_are_the_reference_codes() -> None:
                                                                     abs=1e-15)
             assert sum(msl_weights(steps, epoch / 10)) == pytest.approx(1.0)
     algo = mlp_maml(steps=4, msl_iterations=8)
-    assert algo.msl_weights_at(Progress(1, 20)) == [0.25] * 4
-    assert algo.msl_weights_at(Progress(8, 20)) == msl_weights(4, 7 / 8)
-    assert algo.msl_weights_at(Progress(9, 20)) is None
+    assert algo.msl_weights_at(TrainingProgress(1, 20)) == [0.25] * 4
+    assert algo.msl_weights_at(TrainingProgress(8, 20)) == msl_weights(4, 7 / 8)
+    assert algo.msl_weights_at(TrainingProgress(9, 20)) is None
 
 
 def test_msl_loss_is_the_weighted_sum_of_every_steps_query_loss() -> None:
     algo = mlp_maml(steps=3, msl_iterations=8)
     batch = sine_batch()
-    progress = Progress(3, 20)
+    progress = TrainingProgress(3, 20)
     weights = msl_weights(3, 2 / 8)
     loss, grads, metrics = meta_grads(algo, batch, "loop", progress)
     want = reference_objective(algo, batch, weights=weights)
@@ -256,8 +259,9 @@ def test_msl_loss_is_the_weighted_sum_of_every_steps_query_loss() -> None:
          for s in (1, 2, 3)]) for t in range(3)]).mean(0)
     assert (metrics["query_loss_steps"] - per_step).abs().max() < 1e-12
     # after the MSL phase: MAML's loss, the last step's alone
-    loss, grads, metrics = meta_grads(algo, batch, "loop", Progress(9, 20))
-    plain_loss, plain_grads, _ = meta_grads(mlp_maml(steps=3), batch, "loop", Progress(9, 20))
+    loss, grads, metrics = meta_grads(algo, batch, "loop", TrainingProgress(9, 20))
+    plain_loss, plain_grads, _ = meta_grads(mlp_maml(steps=3), batch, "loop",
+                                            TrainingProgress(9, 20))
     assert torch.equal(loss, plain_loss) and "query_loss_steps" not in metrics
     assert all(torch.equal(grads[k], plain_grads[k]) for k in grads)
     # evaluation is untouched by MSL
@@ -267,7 +271,8 @@ def test_msl_loss_is_the_weighted_sum_of_every_steps_query_loss() -> None:
 
 def test_msl_weights_are_logged() -> None:
     algo = mlp_maml(steps=3, msl_iterations=8)
-    metrics = algo.meta_step(sine_batch(), "vmap", Progress(2, 20), algo.configure_optimizer())
+    metrics = meta_update(algo, sine_batch(), "vmap", TrainingProgress(2, 20),
+                          algo.configure_optimizer())
     assert metrics["msl_weights"].tolist() == pytest.approx(msl_weights(3, 1 / 8))
 
 
@@ -275,8 +280,8 @@ def test_msl_weights_are_logged() -> None:
 def test_derivative_order_annealing_is_first_order_then_second_order() -> None:
     algo = mlp_maml(steps=2, first_order_iterations=4)
     batch = sine_batch()
-    _, early, _ = meta_grads(algo, batch, "vmap", Progress(4, 20))
-    _, late, _ = meta_grads(algo, batch, "vmap", Progress(5, 20))
+    _, early, _ = meta_grads(algo, batch, "vmap", TrainingProgress(4, 20))
+    _, late, _ = meta_grads(algo, batch, "vmap", TrainingProgress(5, 20))
     close(early, grads_of(algo, reference_objective(algo, batch, first_order=True)))
     close(late, grads_of(algo, reference_objective(algo, batch, first_order=False)))
     assert max((early[k] - late[k]).abs().max() for k in early) > 1e-4
@@ -286,15 +291,15 @@ def test_derivative_order_annealing_is_first_order_then_second_order() -> None:
 def test_lslr_steps_with_learned_per_tensor_per_step_rates_that_learn() -> None:
     algo = mlp_maml(steps=2, learned_inner_lrs=True)
     names = [n for n, _ in algo.model.named_parameters()]
-    assert set(algo.inner_lrs) == {lr_key(n) for n in names}
+    assert set(algo.inner_lrs) == {param_key(n) for n in names}
     assert all(torch.equal(r, torch.full((2,), 0.05, dtype=r.dtype))
                for r in algo.inner_lrs.values())
     perturb(algo, ("inner_lrs",), scale=0.02)
     batch = sine_batch()
-    rate = lambda n, s: algo.inner_lrs[lr_key(n)][s]  # noqa: E731
-    _, got, _ = meta_grads(algo, batch, "vmap", Progress(1, 1))
+    rate = lambda n, s: algo.inner_lrs[param_key(n)][s]  # noqa: E731
+    _, got, _ = meta_grads(algo, batch, "vmap", TrainingProgress(1, 1))
     close(got, grads_of(algo, reference_objective(algo, batch, lr=rate)))
-    assert all(got[f"inner_lrs.{lr_key(n)}"].abs().min() > 0 for n in names)
+    assert all(got[f"inner_lrs.{param_key(n)}"].abs().min() > 0 for n in names)
     # evaluation: the learned rates as constants, the last step's for the steps beyond
     curve = algo.adaptation_curve(batch, 3, "loop")
     theta = {n: p.detach() for n, p in algo.model.named_parameters()}
@@ -309,7 +314,7 @@ def test_lslr_steps_with_learned_per_tensor_per_step_rates_that_learn() -> None:
             q = task_loss(hand_net(fast, batch.query_x[t], False), batch.query_y[t])
             assert abs(curve[t, s + 1, 0].item() - q.item()) < 1e-12
     # the step sizes are learned: inner_lr is their start only, eval --inner-lr is refused
-    assert algo.learned_step_sizes and algorithm_class("maml").learns_step_sizes(algo.cfg)
+    assert algo.learns_step_sizes(algo.cfg) and algorithm_class("maml").learns_step_sizes(algo.cfg)
     assert not algorithm_class("maml").learns_step_sizes(MAMLConfig())
 
 
@@ -329,7 +334,7 @@ def test_bnwb_step_s_uses_its_own_batch_norm_weights(strided: bool) -> None:
     want = reference_objective(algo, batch, strided=strided, norm=norm)
     reference = grads_of(algo, want)
     for path in ("loop", "vmap", "fused"):
-        loss, got, _ = meta_grads(algo, batch, path, Progress(1, 1))
+        loss, got, _ = meta_grads(algo, batch, path, TrainingProgress(1, 1))
         assert abs(loss.item() - want.item()) < 1e-12, path
         close(got, reference)
     for s in range(2):  # every step's set is trained
@@ -347,8 +352,8 @@ def test_bnrs_meta_training_still_uses_the_batch_statistics() -> None:
     plain = conv_maml(steps=2)
     batch = image_batch()
     for path in ("vmap", "fused"):
-        a_loss, a_grads, _ = meta_grads(algo, batch, path, Progress(1, 1))
-        b_loss, b_grads, _ = meta_grads(plain, batch, path, Progress(1, 1))
+        a_loss, a_grads, _ = meta_grads(algo, batch, path, TrainingProgress(1, 1))
+        b_loss, b_grads, _ = meta_grads(plain, batch, path, TrainingProgress(1, 1))
         assert abs(a_loss.item() - b_loss.item()) < 1e-12
         close(a_grads, b_grads, 1e-12)
 
@@ -360,7 +365,7 @@ def test_bnrs_running_statistics_take_in_each_steps_passes(msl: int | None) -> N
     perturb(algo, ("step_mean", "step_var"))
     before = [(n.step_mean.clone(), n.step_var.clone()) for n in norms]
     batch = image_batch()
-    algo.meta_step(batch, "vmap", Progress(1, 10), algo.configure_optimizer())
+    meta_update(algo, batch, "vmap", TrainingProgress(1, 10), algo.configure_optimizer())
     # by hand: adapt each task, recording the conv outputs of every pass
     theta = {n: p.detach() for n, p in conv_maml(steps=2).model.named_parameters()}
     sums = torch.zeros(2, 4, 2, 3, dtype=torch.float64)
@@ -463,10 +468,10 @@ def test_all_options_on_every_path_agrees(strided: bool) -> None:
     for path in ("loop", "vmap", "fused"):
         algo = conv_maml(steps=2, strided=strided, **options)
         perturb(algo, ("step_", "inner_lrs"), scale=0.05)
-        loss, grads, metrics = meta_grads(algo, batch, path, Progress(2, 20))
+        loss, grads, metrics = meta_grads(algo, batch, path, TrainingProgress(2, 20))
         optimizer = algo.configure_optimizer()
-        algo.meta_step(batch, path, Progress(1, 20), optimizer)
-        algo.meta_step(batch, path, Progress(2, 20), optimizer)
+        meta_update(algo, batch, path, TrainingProgress(1, 20), optimizer)
+        meta_update(algo, batch, path, TrainingProgress(2, 20), optimizer)
         results[path] = (loss, grads, metrics, dict(algo.state_dict()),
                          algo.adaptation_curve(batch, 3, path))
     ref = results["loop"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import yaml
 from cli_helpers import invoke, train_omniglot_fixture
 from torch.profiler import ProfilerActivity, profile
 
-from fewshot_cli.algorithms import Context, Progress
+from fewshot_cli.algorithms import Context, TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig, load_config, validate
 from fewshot_cli.engine.setup import build_experiment
@@ -58,7 +59,7 @@ def conv_maml(size: int = 16, steps: int = 3, filters: int = 3, strided: bool = 
 def meta_gradient(algo: MAML, batch: TaskBatch, path: str, iteration: int = 1
                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """The outer loss, the flattened meta-gradient of every meta-parameter and the metrics."""
-    loss, metrics = algo.meta_loss(batch, path, Progress(iteration, 10))
+    loss, metrics = algo.meta_loss(batch, path, TrainingProgress(iteration, 10))
     grads = torch.autograd.grad(loss, list(algo.parameters()), allow_unused=True)
     flat = torch.cat([(torch.zeros_like(p) if g is None else g).flatten()
                       for p, g in zip(algo.parameters(), grads)])
@@ -78,7 +79,8 @@ def test_checkpointed_inner_steps_give_the_same_meta_gradient(path: str, case: s
     batch = images(16)
     loss, want, metrics = meta_gradient(algo, batch, path)
     algo.checkpoint_inner_steps = True
-    assert algo.checkpoints(Context(True, progress=Progress(1, 10))) == (case != "da-first-order")
+    ctx = Context(True, progress=TrainingProgress(1, 10))
+    assert algo.checkpoints(ctx) == (case != "da-first-order")
     loss_ck, got, metrics_ck = meta_gradient(algo, batch, path)
     assert relative(got, want) < 1e-10 and torch.allclose(loss, loss_ck, rtol=1e-12, atol=0)
     assert metrics.keys() == metrics_ck.keys()  # BNRS's batch statistics among them
@@ -86,7 +88,7 @@ def test_checkpointed_inner_steps_give_the_same_meta_gradient(path: str, case: s
 
 
 def test_checkpointed_steps_apply_to_second_order_meta_training_only() -> None:
-    train = Context(True, progress=Progress(1, 10))
+    train = Context(True, progress=TrainingProgress(1, 10))
     assert not conv_maml().checkpoints(train)  # off by default
     assert not conv_maml(first_order=True, checkpoint_inner_steps=True).checkpoints(train)
     algo = conv_maml(checkpoint_inner_steps=True)
@@ -103,7 +105,7 @@ def graph_bytes(steps: int, checkpoint: bool, path: str) -> int:
     algo = conv_maml(steps=steps, checkpoint_inner_steps=checkpoint)
     batch = images(16)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        loss, _ = algo.meta_loss(batch, path, Progress(1, 1))
+        loss, _ = algo.meta_loss(batch, path, TrainingProgress(1, 1))
     del loss
     return sum(e.self_cpu_memory_usage for e in prof.key_averages())
 
@@ -123,7 +125,7 @@ def test_checkpointing_refuses_vmap_and_is_left_out_of_the_config_when_off() -> 
     assert {"loop", "fused"} <= set(algo.available_paths)
     assert not {"vmap", "compiled"} & set(algo.available_paths)  # compiled maps as vmap
     with pytest.raises(ConfigError, match="checkpoint_inner_steps.*found vmap"):
-        algo.meta_loss(images(16), "vmap", Progress(1, 1))
+        algo.meta_loss(images(16), "vmap", TrainingProgress(1, 1))
     cfg = load_config(CONFIGS / "omniglot-5w1s-maml.yaml")
     assert "checkpoint_inner_steps" not in cfg.to_dict()["algorithm"]  # old runs resume
     on = load_config(CONFIGS / "omniglot-5w1s-maml.yaml",
@@ -149,7 +151,7 @@ def test_bf16_meta_gradient_is_close_to_float32(path: str) -> None:
     far below the meta-batch's own sampling noise, which the last assertion checks."""
     algo, batch = omniglot_maml(path, seed=0)
     loss, want, _ = meta_gradient(algo, batch, path)
-    algo.autocast_dtype = torch.bfloat16
+    algo.settings = dataclasses.replace(algo.settings, autocast=torch.bfloat16)
     loss16, got, metrics = meta_gradient(algo, batch, path)
     assert got.dtype == torch.float32 and all(p.dtype == torch.float32 for p in algo.parameters())
     assert loss16.dtype == torch.float32 and all(v.dtype == torch.float32
@@ -157,7 +159,7 @@ def test_bf16_meta_gradient_is_close_to_float32(path: str) -> None:
     cosine = F.cosine_similarity(got, want, dim=0).item()
     assert cosine > 0.95 and relative(got, want) < 0.3, (cosine, relative(got, want))
     assert abs(loss16 - loss) < 1e-2 * loss
-    algo.autocast_dtype = None
+    algo.settings = dataclasses.replace(algo.settings, autocast=None)
     _, other, _ = meta_gradient(algo, omniglot_maml(path, seed=1)[1], path)
     assert F.cosine_similarity(other, want, dim=0).item() < cosine - 0.2
 
@@ -172,7 +174,7 @@ def test_bf16_sine_mlp_meta_gradient_is_close_to_float32() -> None:
     batch = TaskBatch(x[:, :10], amp * torch.sin(x[:, :10] - phase), x[:, 10:],
                       amp * torch.sin(x[:, 10:] - phase))
     _, want, _ = meta_gradient(algo, batch, "vmap")
-    algo.autocast_dtype = torch.bfloat16
+    algo.settings = dataclasses.replace(algo.settings, autocast=torch.bfloat16)
     _, got, _ = meta_gradient(algo, batch, "vmap")
     assert F.cosine_similarity(got, want, dim=0).item() > 0.99 and relative(got, want) < 0.1
 
@@ -180,7 +182,8 @@ def test_bf16_sine_mlp_meta_gradient_is_close_to_float32() -> None:
 @pytest.mark.parametrize("path", ["loop", "fused"])
 def test_bf16_checkpointed_steps_are_recomputed_under_bf16(path: str) -> None:
     algo, batch = omniglot_maml(path, seed=0)
-    algo.inner_steps, algo.autocast_dtype = 2, torch.bfloat16
+    algo.inner_steps = 2
+    algo.settings = dataclasses.replace(algo.settings, autocast=torch.bfloat16)
     _, want, _ = meta_gradient(algo, batch, path)
     algo.checkpoint_inner_steps = True
     _, got, _ = meta_gradient(algo, batch, path)
@@ -192,7 +195,7 @@ def test_bf16_checkpointed_steps_are_recomputed_under_bf16(path: str) -> None:
 def test_bf16_leaves_evaluation_in_float32() -> None:
     algo, batch = omniglot_maml("loop", seed=0)
     curve = algo.adaptation_curve(batch, 2, "fused")
-    algo.autocast_dtype = torch.bfloat16
+    algo.settings = dataclasses.replace(algo.settings, autocast=torch.bfloat16)
     assert torch.equal(curve, algo.adaptation_curve(batch, 2, "fused"))
 
 
@@ -202,9 +205,9 @@ def test_bf16_is_refused_with_float64_in_one_line() -> None:
     assert "\n" not in str(err.value) and "train.autocast" in str(err.value)
     assert "float64" in str(err.value)
     cfg = load_config(CONFIGS / "sine-maml.yaml", ["train.autocast=off"])  # YAML's false
-    assert cfg.train.autocast == "off" and build_experiment(cfg).algo.autocast_dtype is None
+    assert cfg.train.autocast == "off" and build_experiment(cfg).algo.settings.autocast is None
     cfg = load_config(CONFIGS / "sine-maml.yaml", ["train.autocast=bf16"])
-    assert build_experiment(cfg).algo.autocast_dtype == torch.bfloat16
+    assert build_experiment(cfg).algo.settings.autocast == torch.bfloat16
 
 
 def test_bf16_and_checkpointing_train_a_few_iterations(tmp_path: Path) -> None:

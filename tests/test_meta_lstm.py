@@ -16,11 +16,12 @@ from image_fixtures import make_miniimagenet
 from PIL import Image
 from torch.func import functional_call
 
-from fewshot_cli.algorithms import Context, Progress, Support
+from fewshot_cli.algorithms import Context, Support, TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.algorithms.meta_lstm import MetaLSTM, SGDReference, preprocess
 from fewshot_cli.cli import app
 from fewshot_cli.config import MAMLConfig, MetaLSTMConfig, SinusoidTask
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.models import MLP, Conv4
 from fewshot_cli.tasks.base import TaskBatch, TaskShape
 from fewshot_cli.tasks.sinusoid import SinusoidTasks
@@ -60,7 +61,7 @@ def conv_setup(steps: int = 2, inner_batch: int | None = None, seed: int = 0, si
 
 def meta_grad(algo: MetaLSTM, batch: TaskBatch, path: str) -> dict[str, torch.Tensor]:
     algo.zero_grad()
-    loss, _ = algo.meta_loss(batch, path, Progress(1, 1))
+    loss, _ = algo.meta_loss(batch, path, TrainingProgress(1, 1))
     loss.backward()
     return {k: p.grad.clone() for k, p in algo.named_parameters()}
 
@@ -300,7 +301,7 @@ def test_meta_gradient_is_clipped_to_norm_0_25() -> None:
     assert norm > 0.25  # the premise: an unclipped step would be longer
     before = {k: v.detach().clone() for k, v in algo.named_parameters()}
     optimizer = torch.optim.SGD(algo.parameters(), lr=1.0)
-    metrics = algo.meta_step(batch, "loop", Progress(1, 1), optimizer)
+    metrics = meta_update(algo, batch, "loop", TrainingProgress(1, 1), optimizer)
     assert metrics["meta_grad_norm"].item() == pytest.approx(norm, rel=1e-9)
     for k, v in algo.named_parameters():
         assert torch.allclose(before[k] - v.detach(), raw[k] * 0.25 / norm, atol=1e-12)
@@ -322,8 +323,8 @@ def test_batch_norm_statistics_do_not_leak_across_episodes() -> None:
         assert torch.equal(alone, again)
         assert (together[1:] - alone).abs().max() < 1e-12, path
     # meta-training: each task's loss is its own, whatever shares its meta-batch
-    both = algo.meta_loss(batch, "fused", Progress(1, 1))[0]
-    each = [algo.meta_loss(b, "fused", Progress(1, 1))[0] for b in (first, second)]
+    both = algo.meta_loss(batch, "fused", TrainingProgress(1, 1))[0]
+    each = [algo.meta_loss(b, "fused", TrainingProgress(1, 1))[0] for b in (first, second)]
     assert abs(both.item() - (each[0].item() + each[1].item()) / 2) < 1e-12
 
 
@@ -343,7 +344,7 @@ def test_gate_statistics_per_layer_and_their_spread() -> None:
     assert bool(((ev.inner["input_gate"] > 0) & (ev.inner["input_gate"] < 0.05)).all())
     assert bool((ev.inner["forget_gate"] > 0.95).all())
     # meta-training reports only the overall means, per step
-    _, metrics = algo.meta_loss(batch, "fused", Progress(1, 1))
+    _, metrics = algo.meta_loss(batch, "fused", TrainingProgress(1, 1))
     assert {"inner_loss", "input_gate", "forget_gate", "accuracy"} <= set(metrics)
     assert not any("/" in k for k in metrics) and metrics["input_gate"].shape == (3,)
 

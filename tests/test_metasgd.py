@@ -12,11 +12,13 @@ import torch
 from cli_helpers import invoke, runner, sets, train_omniglot_fixture
 from PIL import Image
 
-from fewshot_cli.algorithms import Context, Progress, Support
-from fewshot_cli.algorithms.metasgd import MetaSGD, lr_key
+from fewshot_cli.algorithms import Context, Support, TrainingProgress
+from fewshot_cli.algorithms.metasgd import MetaSGD
+from fewshot_cli.algorithms.params import param_key
 from fewshot_cli.cli import app
 from fewshot_cli.config import MetaSGDConfig, SinusoidTask, load_config
 from fewshot_cli.engine import checkpoint
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.errors import ConfigError
 from fewshot_cli.models import MLP, Conv4
 from fewshot_cli.tasks.base import TaskBatch, TaskShape
@@ -42,7 +44,7 @@ def sine_setup(steps: int = 1, first_order: bool = False, seed: int = 0, tasks: 
 
 def meta_grads(algo: MetaSGD, batch: TaskBatch, path: str) -> dict[str, torch.Tensor]:
     algo.zero_grad(set_to_none=True)
-    algo.meta_loss(batch, path, Progress(1, 1))[0].backward()
+    algo.meta_loss(batch, path, TrainingProgress(1, 1))[0].backward()
     return {k: p.grad.clone() for k, p in algo.named_parameters()}
 
 
@@ -78,7 +80,7 @@ def reference_objective(theta: list[torch.Tensor], alpha: list[torch.Tensor], ba
 def split_params(algo: MetaSGD) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
     names = [n for n, _ in algo.model.named_parameters()]
     theta = [p.detach().clone().requires_grad_() for p in algo.model.parameters()]
-    alpha = [algo.lr[lr_key(n)].detach().clone().requires_grad_() for n in names]
+    alpha = [algo.lr[param_key(n)].detach().clone().requires_grad_() for n in names]
     return names, theta, alpha
 
 
@@ -89,7 +91,7 @@ def test_step_sizes_have_each_parameters_shape_start_in_range_and_are_meta_param
     algo = MetaSGD(model, MetaSGDConfig(loss="cross_entropy"),
                    TaskShape("classification", (1, 28, 28), 5))
     for name, p in model.named_parameters():
-        a = algo.lr[lr_key(name)]
+        a = algo.lr[param_key(name)]
         assert a.shape == p.shape and a.requires_grad
         assert 0.005 <= float(a.detach().min()) and float(a.detach().max()) <= 0.1
     alpha = torch.cat([a.detach().flatten() for a in algo.lr.values()])
@@ -101,7 +103,7 @@ def test_step_sizes_have_each_parameters_shape_start_in_range_and_are_meta_param
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in algo.parameters()}
     assert {id(p) for p in algo.lr.parameters()} <= in_opt
-    assert not MetaSGD.uses_inner_lr
+    assert MetaSGD.learns_step_sizes(MetaSGDConfig())
 
 
 def test_lr_init_is_validated() -> None:
@@ -156,7 +158,7 @@ def test_meta_gradient_of_theta_and_alpha_matches_a_hand_written_reference(
         assert torch.allclose(got[f"model.{n}"], g, rtol=1e-10, atol=1e-13), n
     for n, g in zip(names, want[len(names):]):
         assert float(g.abs().max()) > 0, "alpha receives a gradient"
-        assert torch.allclose(got[f"lr.{lr_key(n)}"], g, rtol=1e-10, atol=1e-13), n
+        assert torch.allclose(got[f"lr.{param_key(n)}"], g, rtol=1e-10, atol=1e-13), n
 
 
 def test_second_order_meta_gradient_matches_finite_differences() -> None:
@@ -164,7 +166,7 @@ def test_second_order_meta_gradient_matches_finite_differences() -> None:
     grads = meta_grads(algo, batch, "vmap")
     names, theta, alpha = split_params(algo)
     got = torch.cat([grads[f"model.{n}"].flatten() for n in names]
-                    + [grads[f"lr.{lr_key(n)}"].flatten() for n in names])
+                    + [grads[f"lr.{param_key(n)}"].flatten() for n in names])
     point = torch.cat([p.detach().flatten() for p in theta + alpha])
     shapes = [p.shape for p in theta + alpha]
 
@@ -197,7 +199,7 @@ def test_alpha_learns_and_its_metrics_are_reported() -> None:
     opt = algo.configure_optimizer()
     before = {k: v.detach().clone() for k, v in algo.lr.items()}
     for i in range(3):
-        metrics = algo.meta_step(batch, "vmap", Progress(i + 1, 3), opt)
+        metrics = meta_update(algo, batch, "vmap", TrainingProgress(i + 1, 3), opt)
     assert all(not torch.equal(before[k], v) for k, v in algo.lr.items())
     alpha = torch.cat([a.detach().flatten() for a in algo.lr.values()])
     assert float(metrics["lr_mean"]) == pytest.approx(float(alpha.mean()), abs=1e-14)

@@ -4,12 +4,14 @@ outer loss of separate per-batch passes is; validation follows ``eval.query_batc
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.algorithms.anil import ANIL
-from fewshot_cli.algorithms.base import Context, split
+from fewshot_cli.algorithms.batching import Context, split
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import ANILConfig, MAMLConfig, validate
 from fewshot_cli.errors import ConfigError
@@ -40,7 +42,7 @@ def _maml(**options) -> MAML:
 
 def _meta(algo, batch: TaskBatch, path: str) -> tuple[float, torch.Tensor]:
     algo.zero_grad(set_to_none=True)
-    loss, _ = algo.meta_loss(batch, path, Progress(1, 1))
+    loss, _ = algo.meta_loss(batch, path, TrainingProgress(1, 1))
     loss.backward()
     return loss.item(), torch.cat([p.grad.flatten() for p in algo.parameters()
                                    if p.grad is not None])
@@ -50,7 +52,7 @@ def _by_hand(algo: MAML, batch: TaskBatch) -> float:
     """The outer loss written out: adapt each task, then one forward pass per batch of one
     query per class, cross-entropy of all the queries."""
     support, query = split(batch)
-    ctx = Context(training=True, progress=Progress(1, 1))
+    ctx = Context(training=True, progress=TrainingProgress(1, 1))
     losses = []
     for b in range(batch.support_x.shape[0]):
         one = type(support)(support.x[b], support.y[b])
@@ -64,7 +66,7 @@ def _by_hand(algo: MAML, batch: TaskBatch) -> float:
 def test_per_class_batches_are_separate_passes_and_change_the_loss() -> None:
     algo, batch = _maml(), _batch()
     whole, _ = _meta(algo, batch, "loop")
-    algo.train_query_batch = WAYS
+    algo.settings = dataclasses.replace(algo.settings, query_batch=WAYS)
     per_class, _ = _meta(algo, batch, "loop")
     assert abs(per_class - _by_hand(algo, batch)) < 1e-12
     assert abs(per_class - whole) > 1e-4  # batch norm saw other statistics
@@ -74,7 +76,7 @@ def test_per_class_batches_are_separate_passes_and_change_the_loss() -> None:
                                      {"per_step_bn_statistics": True, "msl_iterations": 5}])
 def test_every_path_gives_the_same_meta_gradient(options: dict) -> None:
     algo, batch = _maml(**options), _batch()
-    algo.train_query_batch = WAYS
+    algo.settings = dataclasses.replace(algo.settings, query_batch=WAYS)
     loss, grad = _meta(algo, batch, "loop")
     for path in ("vmap", "fused"):
         other_loss, other = _meta(algo, batch, path)
@@ -88,7 +90,7 @@ def test_anil_fused_equals_loop() -> None:
     algo = ANIL(model, ANILConfig(loss="cross_entropy", inner_lr=0.4), SHAPE)
     batch = _batch()
     whole, _ = _meta(algo, batch, "loop")
-    algo.train_query_batch = WAYS
+    algo.settings = dataclasses.replace(algo.settings, query_batch=WAYS)
     loss, grad = _meta(algo, batch, "loop")
     fused_loss, fused = _meta(algo, batch, "fused")
     assert abs(loss - whole) > 1e-4
@@ -99,7 +101,7 @@ def test_anil_fused_equals_loop() -> None:
 def test_evaluation_is_not_affected() -> None:
     algo, batch = _maml(), _batch()
     before = algo.adaptation_curve(batch, 2, "loop")
-    algo.train_query_batch = WAYS
+    algo.settings = dataclasses.replace(algo.settings, query_batch=WAYS)
     assert torch.equal(algo.adaptation_curve(batch, 2, "loop"), before)
 
 

@@ -13,9 +13,10 @@ import torch
 from cli_helpers import invoke, sets, train_omniglot_fixture
 from resume_helpers import interrupted_and_resumed_equals_uninterrupted
 
-from fewshot_cli.algorithms import Context, Progress, Support
+from fewshot_cli.algorithms import Context, Support, TrainingProgress
 from fewshot_cli.algorithms.reptile import ADAM_EPS, Reptile
 from fewshot_cli.config import ReptileConfig, load_config
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.models import MLP, Conv4
 from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
@@ -102,7 +103,7 @@ def test_update_is_the_interpolation_with_a_linear_schedule() -> None:
         phis = [hand_adapt(theta, batch.support_x[i], batch.support_y[i], 3, 0.02)
                 for i in range(3)]
         expected = [t + eps * sum(phi[j] - t for phi in phis) / 3 for j, t in enumerate(theta)]
-        metrics = algo.meta_step(batch, "loop", Progress(it, total), optimizer)
+        metrics = meta_update(algo, batch, "loop", TrainingProgress(it, total), optimizer)
         scheduler.step()
         assert (flat(algo) - torch.cat([e.flatten() for e in expected])).abs().max() < 1e-12
         step = torch.stack([torch.cat([(p - t).flatten() for p, t in zip(phi, theta)]).norm()
@@ -121,7 +122,7 @@ def test_inner_adam_with_a_fresh_state_per_task_and_minibatches_in_turn(betas) -
     base = {k: v.detach() for k, v in algo.params().items()}
     for i in range(3):  # batches [0:2], [2:4], [4:5], [0:2], [2:4]
         one = Support(batch.support_x[i], batch.support_y[i])
-        got = algo.adapt(base, one, 5, Context(True, progress=Progress(1, 1))).params
+        got = algo.adapt(base, one, 5, Context(True, progress=TrainingProgress(1, 1))).params
         want = hand_adapt(theta, batch.support_x[i], batch.support_y[i], 5, 0.01, 2, betas)
         assert max((g - w).abs().max().item() for g, w in zip(got.values(), want)) < 1e-12
 
@@ -149,7 +150,7 @@ def test_training_minibatches_come_from_a_shuffle_of_each_support_set() -> None:
     phis = [hand_adapt(theta, expected_batch.support_x[i], expected_batch.support_y[i], 3, 0.02,
                        2) for i in range(4)]
     torch.manual_seed(7)
-    ref.meta_step(batch, "loop", Progress(1, 10), optimizer)
+    meta_update(ref, batch, "loop", TrainingProgress(1, 10), optimizer)
     expected = torch.cat([(t + 0.5 * sum(phi[j] - t for phi in phis) / 4).flatten()
                           for j, t in enumerate(theta)])
     assert (flat(ref) - expected).abs().max() < 1e-12
@@ -162,7 +163,7 @@ def test_the_query_sets_are_never_used_in_training() -> None:
     results = []
     for b in (batch, poisoned):
         algo = mlp_reptile()
-        algo.meta_step(b, "vmap", Progress(1, 5), algo.configure_optimizer())
+        meta_update(algo, b, "vmap", TrainingProgress(1, 5), algo.configure_optimizer())
         results.append(flat(algo))
     assert torch.equal(results[0], results[1]) and torch.isfinite(results[0]).all()
 
@@ -172,7 +173,7 @@ def test_adam_outer_optimiser_receives_the_reptile_gradient() -> None:
     batch = sine_batch(3, shots=5, seed=4)
     theta = [p.detach().clone() for p in algo.parameters()]
     phis = [hand_adapt(theta, batch.support_x[i], batch.support_y[i], 3, 0.02) for i in range(3)]
-    algo.meta_step(batch, "loop", Progress(1, 5), algo.configure_optimizer())
+    meta_update(algo, batch, "loop", TrainingProgress(1, 5), algo.configure_optimizer())
     for j, p in enumerate(algo.parameters()):
         want = theta[j] - sum(phi[j] for phi in phis) / 3
         assert (p.grad - want).abs().max() < 1e-12
@@ -209,7 +210,8 @@ def one_step_each_path(make, batch: TaskBatch) -> dict[str, tuple[torch.Tensor, 
         if path not in algo.available_paths:
             continue
         torch.manual_seed(11)  # the same shuffle on every path
-        metrics = algo.meta_step(batch, path, Progress(1, 10), algo.configure_optimizer())
+        metrics = meta_update(algo, batch, path, TrainingProgress(1, 10),
+                              algo.configure_optimizer())
         out[path] = (flat(algo), metrics, algo.adaptation_curve(batch, 4, path))
     return out
 

@@ -1,4 +1,6 @@
-"""The ``fewshot`` command: train / eval / plot. Thin: parse, call, print."""
+"""The ``fewshot`` command: train, eval, plot, compare, ls. Thin: each command parses its
+options, calls the module that does the work and prints the outcome; the tables it prints
+are built in :mod:`.report`."""
 
 from __future__ import annotations
 
@@ -12,11 +14,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
 
 from .config import DEVICE_PATTERN, dump_config, load_config, quote
 from .errors import AgreedError, ConfigError, FewshotError
+from .report import compare_table, print_eval, print_runs
 from .rundir import RunDir
 
 app = typer.Typer(
@@ -175,9 +176,10 @@ def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
         best = meta.get("best_val")
         best_text = (f", best val. {best['statistic']} loss {best['value']:.4g}"
                      if isinstance(best, dict) and isinstance(best.get("value"), float) else "")
-        mode = (meta.get("vectorize") or {}).get("mode")
+        from .engine.vectorize import recorded
+
         err.print(f"{outcome.status}: {outcome.iteration} iterations in "
-                  f"{meta['wall_seconds']:.1f} s ({mode}){best_text}",
+                  f"{meta['wall_seconds']:.1f} s ({recorded(meta)}){best_text}",
                   highlight=False, soft_wrap=True)
     out.print(str(run.path), highlight=False, soft_wrap=True)
 
@@ -254,7 +256,7 @@ def eval_(
             stop()
     if _rank() != 0:
         return
-    _print_eval(results)
+    print_eval(out, results)
     try:
         run.write_eval(results)
     except OSError as e:
@@ -297,111 +299,6 @@ def _warn_killed(run) -> None:  # noqa: ANN001 - RunDir
                   f"checkpoint at iteration {meta.get('checkpoint_iteration', '?')}); "
                   f"resume it with: fewshot train --resume {run.path}", highlight=False,
                   soft_wrap=True)
-
-
-def _fmt(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
-    """``mean ± ci95`` of one statistic (``-`` when every task diverged)."""
-    if stat["mean"] is None:
-        return "-"
-    return f"{scale * stat['mean']:.{digits}g} ± {scale * stat['ci95']:.2g}"
-
-
-def _print_eval(results: list[dict]) -> None:
-    """The settings on lines of their own, then one table per protocol and run (the run
-    and its baselines adjacent), each no wider than the terminal."""
-    first = results[0]
-    s = first["settings"]
-    runs = {(r.get("baseline", False), r["run"]): r for r in results}
-    for (is_baseline, path), r in runs.items():
-        role = "baseline" if is_baseline else "run"
-        out.print(f"{role}: {path}", highlight=False)
-        out.print(f"  {r.get('algorithm', '?')}, {r['checkpoint']}.pt from iteration "
-                  f"{r['checkpoint_iteration']}", highlight=False)
-    lr = "learned step sizes" if s["inner_lr"] is None else f"inner lr {s['inner_lr']:g}"
-    out.print(f"test tasks: {s['tasks']} (seed {s['seed']}), {lr}, "
-              f"loss {s.get('loss', '?')}", highlight=False)
-    out.print(f"protocol: {s['protocol']}", highlight=False)
-    classification = "accuracy" in first["per_step"][0]
-    for r in results:
-        rs = r["settings"]
-        who = r.get("name") or Path(r["run"]).name
-        kind = r.get("algorithm", "?") + (", baseline" if r.get("baseline") else "")
-        shots = (f"{rs['ways']}-way {rs['shots']}-shot" if classification and rs.get("ways")
-                 else f"K={rs['shots']}")
-        table = Table(title=f"{shots}: {who} ({kind})", title_justify="left")
-        table.add_column("steps", justify="right")
-        if classification:
-            table.add_column("accuracy % (95% CI)", justify="right")
-        table.add_column("loss mean (95% CI)", justify="right")
-        table.add_column("median", justify="right")
-        table.add_column("diverged", justify="right")
-        shown = rs.get("table_steps")
-        for row in r["per_step"]:
-            if shown and row["step"] not in shown:
-                continue
-            cells = [str(row["step"])]
-            if classification:
-                cells.append(_fmt(row["accuracy"], 100))
-            med = row["loss"]["median"]
-            cells += [_fmt(row["loss"]), "-" if med is None else f"{med:.4g}",
-                      str(row["loss"]["diverged"])]
-            table.add_row(*cells)
-        out.print(table)
-        for line in _probe_lines(r.get("probe")):
-            out.print(line, highlight=False)
-        if r["diverged_tasks"]:
-            out.print(f"[yellow]{r['diverged_tasks']} task(s) diverged (non-finite loss) and "
-                      "are left out of the means at the steps where they diverged[/]")
-    for group in _protocol_groups(results):
-        if len(group) > 1:
-            out.print(_side_by_side(group, classification))
-
-
-def _protocol_groups(results: list[dict]) -> list[list[dict]]:
-    """The results of one protocol: the run, then its baselines (eval's order)."""
-    groups: list[list[dict]] = []
-    for r in results:
-        if not r.get("baseline") or not groups:
-            groups.append([])
-        groups[-1].append(r)
-    return groups
-
-
-def _side_by_side(group: list[dict], classification: bool) -> Table:
-    """The run and its baselines on the same tasks: unadapted and after the last step."""
-    s = group[0]["settings"]
-    steps = s["steps"]
-    what = "accuracy %" if classification else "loss"
-    table = Table(title=f"same {s['tasks']} tasks, K={s['shots']}: {what} (95% CI)",
-                  title_justify="left")
-    table.add_column("run")
-    table.add_column("unadapted", justify="right")
-    table.add_column(f"after {steps} step{'s' if steps != 1 else ''}", justify="right")
-    for r in group:
-        who = f"{r.get('algorithm', '?')} ({r.get('name') or Path(r['run']).name})"
-        rows = {row["step"]: row for row in r["per_step"]}
-        last = rows.get(steps, r["per_step"][-1])
-        key, scale = ("accuracy", 100.0) if classification else ("loss", 1.0)
-        table.add_row(who if len(who) <= 36 else who[:35] + "…",
-                      _fmt(rows[0][key], scale), _fmt(last[key], scale))
-    return table
-
-
-def _probe_lines(probe: dict | None) -> list[str]:
-    """The function-space scores of a result (sinusoids), before -> after adaptation."""
-    if not probe:
-        return []
-    pts = probe["points"]
-    lines = []
-    if "curve_l1" in probe:
-        c = probe["curve_l1"]
-        lines.append(f"curve L1 on [{pts['low']:.3g}, {pts['high']:.3g}]: "
-                     f"{_fmt(c['before'], 1, 3)} unadapted, {_fmt(c['after'], 1, 3)} adapted")
-    if "phase_identified" in probe:
-        c = probe["phase_identified"]
-        lines.append(f"own phase's curve closer: {_fmt(c['before'], 100, 3)}% of tasks "
-                     f"unadapted, {_fmt(c['after'], 100, 3)}% adapted")
-    return lines
 
 
 class PlotFormat(str, Enum):
@@ -472,24 +369,7 @@ def compare(
         raise _fail(e) from None
     for w in warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-    classification = all(e.classification for e in entries)
-    table = Table(title="test-set evaluation of each run (eval.json; 95% CI)",
-                  title_justify="left")
-    table.add_column("run")
-    table.add_column("algorithm")
-    table.add_column("K/steps", justify="right")
-    table.add_column("accuracy %" if classification else "loss", justify="right")
-    table.add_column("its", justify="right")
-    table.add_column("s/it", justify="right")
-    for e in entries:
-        row = e.at(e.steps) or e.result["per_step"][-1]
-        stat = row["accuracy"] if classification else row["loss"]
-        per_it = (f"{e.seconds / e.iterations:.3g}" if e.seconds and e.iterations else "-")
-        table.add_row(e.name if len(e.name) <= 24 else e.name[:23] + "…", e.algorithm,
-                      f"{e.result['settings']['shots']}/{e.steps}",
-                      _fmt(stat, 100.0 if classification else 1.0),
-                      "-" if e.iterations is None else str(e.iterations), per_it)
-    out.print(table)
+    out.print(compare_table(entries))
     try:
         from .compare import plot_compare as _plot
 
@@ -506,7 +386,7 @@ def ls(
 ) -> None:
     """One line per run: name, algorithm, task, status, iterations, best validation, start."""
     try:
-        from .compare import list_runs
+        from .listing import list_runs
 
         listed = list_runs(runs_root)
     except FewshotError as e:
@@ -514,20 +394,7 @@ def ls(
     if not listed:
         out.print(f"no run directories in {runs_root}", highlight=False)
         return
-    table = Table(box=None, pad_edge=False)
-    for name, justify in (("run", "left"), ("algorithm", "left"), ("task", "left"),
-                          ("status", "left"), ("its", "right"), ("best val.", "right"),
-                          ("started", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for x in listed:
-        table.add_row(x.name, x.algorithm, x.task, x.status,
-                      "-" if x.iterations is None else str(x.iterations), x.best, x.started)
-    # One line per run, however long its name: wider than the terminal rather than wrapped.
-    wide = Console(width=10_000)
-    width = max(out.width, Measurement.get(wide, wide.options, table).maximum)
-    Console(width=width, highlight=False).print(table)
-    out.print("best val.: highest validation accuracy, or lowest median validation loss",
-              highlight=False, style="dim")
+    print_runs(out, listed)
 
 
 def main() -> None:

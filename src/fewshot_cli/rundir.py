@@ -285,11 +285,6 @@ class RunDir:
             atomic_write_text(self.metrics_path, kept)
 
     # -- checkpoints -----------------------------------------------------------------
-    def save_checkpoint(self, which: str, state: dict[str, Any]) -> None:
-        from .engine import checkpoint
-
-        checkpoint.save(self.checkpoint_path(which), state)
-
     def resolve_checkpoint(self, which: str) -> Path:
         """The file for ``best`` or ``last``: a missing best falls back to last."""
         path = self.checkpoint_path(which)

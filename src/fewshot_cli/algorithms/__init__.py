@@ -13,18 +13,18 @@ from torch import nn
 
 from ..config import Config
 from ..tasks.base import TaskSource
-from .base import (
-    PATHS,
-    Algorithm,
+from .base import Algorithm, Evaluation
+from .batching import (
+    VECTORIZE,
     Context,
-    Evaluation,
-    Params,
-    Path,
-    Progress,
     Query,
     Support,
+    TrainingProgress,
+    Vectorize,
     map_tasks,
 )
+from .params import Params
+from .settings import ProcessGroup, Settings
 
 #: ``algorithm.kind`` -> ``module:Class`` of its implementation.
 ALGORITHMS: dict[str, str] = {
@@ -43,10 +43,13 @@ def algorithm_class(kind: str) -> type[Algorithm]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def build(cfg: Config, model: nn.Module, task: TaskSource) -> Algorithm:
-    """The algorithm named by ``cfg.algorithm.kind``, wrapping ``model``, for ``task``'s tasks."""
-    return algorithm_class(cfg.algorithm.kind)(model, cfg.algorithm, task)
+def build(cfg: Config, model: nn.Module, task: TaskSource,
+          settings: Settings | None = None) -> Algorithm:
+    """The algorithm named by ``cfg.algorithm.kind``, wrapping ``model``, for ``task``'s
+    tasks, run as ``settings`` say."""
+    return algorithm_class(cfg.algorithm.kind)(model, cfg.algorithm, task, settings)
 
 
-__all__ = ["ALGORITHMS", "PATHS", "Algorithm", "Context", "Evaluation", "Params", "Path",
-           "Progress", "Query", "Support", "algorithm_class", "build", "map_tasks"]
+__all__ = ["ALGORITHMS", "VECTORIZE", "Algorithm", "Context", "Evaluation", "Params",
+           "ProcessGroup", "Query", "Settings", "Support", "TrainingProgress", "Vectorize",
+           "algorithm_class", "build", "map_tasks"]

@@ -30,11 +30,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value
+from torch.func import functional_call
 
 from ..config import ANILConfig
 from ..tasks.base import TaskSource
-from .base import Algorithm, Context, Metrics, Params, Path, Query, Support, join_batches
+from .base import Algorithm
+from .batching import Context, Query, Support, Vectorize, join_batches
+from .params import Metrics, Params, inner_gradient, sgd_update
+from .settings import Settings
 
 
 class _Method(nn.Module):
@@ -57,8 +60,9 @@ class ANIL(Algorithm):
     paths = ("vmap", "loop", "fused")
     cfg: ANILConfig
 
-    def __init__(self, model: nn.Module, cfg: ANILConfig, task: TaskSource) -> None:
-        super().__init__(model, cfg, task)
+    def __init__(self, model: nn.Module, cfg: ANILConfig, task: TaskSource,
+                 settings: Settings | None = None) -> None:
+        super().__init__(model, cfg, task, settings)
         names = getattr(model, "head_names", None)
         if names is None or not hasattr(model, "features") or not hasattr(model, "apply_head"):
             raise TypeError(f"ANIL needs a network with features, apply_head and head_names; "
@@ -66,7 +70,7 @@ class ANIL(Algorithm):
         self.head_names: tuple[str, ...] = tuple(names)
 
     @property
-    def available_paths(self) -> tuple[Path, ...]:
+    def available_paths(self) -> tuple[Vectorize, ...]:
         """``fused`` needs the network's per-task halves (``features_tasks``,
         ``apply_head_tasks``)."""
         fusable = hasattr(self.model, "features_tasks") and hasattr(self.model,
@@ -107,12 +111,9 @@ class ANIL(Algorithm):
             loss = self.head_loss(h, features, support.y, ctx)
             return loss.sum(), loss
 
-        grads, (_, loss) = grad_and_value(total, has_aux=True)(head)
         create_graph = ctx.training and not self.cfg.first_order
-        if not create_graph:
-            grads = {k: g.detach() for k, g in grads.items()}
-        new = dict(params)
-        new.update({k: h - self.inner_lr * grads[k] for k, h in head.items()})
+        grads, loss = inner_gradient(total, head, create_graph)
+        new = {**params, **sgd_update(head, grads, self.inner_lr)}
         return new, features, {"inner_loss": loss.detach()}
 
     # -- the outer objective ----------------------------------------------------------------

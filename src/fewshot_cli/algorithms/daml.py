@@ -27,12 +27,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.func import grad_and_value
 
 from ..config import DAMLConfig
 from ..models.mlp import MLP
 from ..tasks.base import TaskSource
-from .base import Algorithm, Context, Metrics, Params, Support
+from .base import Algorithm
+from .batching import Context, Support
+from .params import Metrics, Params, detached, inner_gradient, sgd_update
+from .settings import Settings
 
 
 class DAML(Algorithm):
@@ -42,8 +44,9 @@ class DAML(Algorithm):
     paths = ("vmap", "loop", "fused")
     cfg: DAMLConfig
 
-    def __init__(self, model: torch.nn.Module, cfg: DAMLConfig, task: TaskSource) -> None:
-        super().__init__(model, cfg, task)
+    def __init__(self, model: torch.nn.Module, cfg: DAMLConfig, task: TaskSource,
+                 settings: Settings | None = None) -> None:
+        super().__init__(model, cfg, task, settings)
         self.ways = task.output_dim if self.classification else 0
         self.observation_dim = (self._observation_dim(task) if cfg.observation else 0)
         with torch.no_grad():
@@ -104,15 +107,12 @@ class DAML(Algorithm):
         # First order: the inner gradient is taken at detached parameters, so it is a
         # constant with respect to theta but still a function of psi, the only path by
         # which psi learns.
-        at = ({k: v.detach() for k, v in params.items()}
-              if ctx.training and self.cfg.first_order else params)
-        grads, (_, (loss, raw)) = grad_and_value(total, has_aux=True)(at)
-        if not ctx.training:
-            grads = {k: g.detach() for k, g in grads.items()}
+        at = detached(params) if ctx.training and self.cfg.first_order else params
+        grads, (loss, raw) = inner_gradient(total, at, create_graph=ctx.training)
         clip = self.cfg.inner_grad_clip
         if clip is not None:
             grads = {k: g.clamp(-clip, clip) for k, g in grads.items()}
-        new = {k: p - self.inner_lr * grads[k] for k, p in params.items()}
+        new = sgd_update(params, grads, self.inner_lr)
         return new, None, {"learned_loss": loss.detach(), "loss_net_output": raw.detach()}
 
     # -- the outer objective ------------------------------------------------------------

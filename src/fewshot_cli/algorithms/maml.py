@@ -35,9 +35,7 @@ default, and with all of them off this is exactly the MAML above. S is ``inner_s
   reach an output, and the paper's evaluation is transductive).
   ``running_statistics_at_eval`` makes evaluation normalise step s's passes with set s
   instead, so the query batch shares no statistics (not transductive). A network trained
-  on each pass's own statistics can do much worse that way: after 19 meta-updates of
-  configs/omniglot-5w1s-mamlpp.yaml, 33% accuracy on 50 validation tasks against 78%
-  with batch statistics.
+  on each pass's own statistics can do much worse that way, so it is off by default.
 - LSLR, ``learned_inner_lrs`` -- a learned inner step size per parameter tensor and inner
   step, starting at ``inner_lr`` and meta-learned with the init (the code's
   ``LSLRGradientDescentLearningRule``). ``inner_lr`` is then only their start, so
@@ -53,7 +51,7 @@ last set for the extra ones.
 ``checkpoint_inner_steps`` (off by default): activation checkpointing per inner step
 (:class:`Recomputed`). A second-order step keeps only its input parameters; its support
 pass and inner gradient are recomputed in the backward pass, so the memory the graph
-holds no longer grows with S (mini-ImageNet conv4: see ``benchmarks/inner_memory.py``),
+holds does not grow with S (mini-ImageNet conv4: see ``benchmarks/inner_memory.py``),
 for one more support forward and backward per step. The meta-gradient is the same (to
 rounding; with every MAML++ option). It applies to ``algorithm.kind: maml`` (MAML and
 MAML++; first-order steps, FOMAML's and DA's, keep no inner graph and are not
@@ -84,25 +82,17 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..config import AlgorithmSection
 from ..errors import ConfigError
 from ..tasks.base import TaskBatch, TaskSource
-from .base import (
-    Algorithm,
-    Context,
-    Metrics,
-    Params,
-    Path,
-    Progress,
-    Query,
-    Support,
-    inner_gradient,
-    join_batches,
-)
+from .base import Algorithm
+from .batching import Context, Query, Support, TrainingProgress, Vectorize, join_batches
+from .params import Metrics, Params, inner_gradient, param_key, sgd_update
+from .settings import Settings
 
 #: MSL: the floor of every weight but the last is this over S (the code's
 #: ``min_value_for_non_final_losses``).
 MSL_FLOOR = 0.03
 #: BNRS: the running statistics' momentum per pass (the code's ``MetaBatchNormLayer``).
 BN_MOMENTUM = 0.1
-#: Metric key that carries BNRS's batch statistics from the tasks to ``meta_step``.
+#: Metric key that carries BNRS's batch statistics from the tasks to ``after_update``.
 BN_STATS = "_bn_stats"
 
 
@@ -113,11 +103,6 @@ def msl_weights(steps: int, fraction: float) -> list[float]:
     first = [max((1.0 - fraction) / steps, floor)] * (steps - 1)
     last = min((1.0 + fraction * (steps - 1)) / steps, 1.0 - (steps - 1) * floor)
     return [*first, last]
-
-
-def lr_key(name: str) -> str:
-    """The ``ParameterDict`` key of parameter ``name`` (a key may not contain dots)."""
-    return name.replace(".", "/")
 
 
 Step = Callable[..., tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]]
@@ -174,8 +159,9 @@ class MAML(Algorithm):
     kind = "maml"
     paths = ("vmap", "loop", "fused", "compiled")
 
-    def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource) -> None:
-        super().__init__(model, cfg, task)
+    def __init__(self, model: nn.Module, cfg: AlgorithmSection, task: TaskSource,
+                 settings: Settings | None = None) -> None:
+        super().__init__(model, cfg, task, settings)
 
         def option(key: str, off: Any) -> Any:  # a subclass's section may lack the key
             return getattr(cfg, key, off)
@@ -209,7 +195,7 @@ class MAML(Algorithm):
         if option("learned_inner_lrs", False):
             weights = dict(model.named_parameters())
             self.inner_lrs = nn.ParameterDict({
-                lr_key(n): nn.Parameter(weights[n].new_full((self.inner_steps,), cfg.inner_lr))
+                param_key(n): nn.Parameter(weights[n].new_full((self.inner_steps,), cfg.inner_lr))
                 for n in self.adapted})
 
     @classmethod
@@ -217,7 +203,7 @@ class MAML(Algorithm):
         return bool(getattr(cfg, "learned_inner_lrs", False))
 
     @property
-    def available_paths(self) -> tuple[Path, ...]:
+    def available_paths(self) -> tuple[Vectorize, ...]:
         """As :attr:`Algorithm.available_paths`, less ``vmap`` and ``compiled`` (which maps as
         ``vmap``) with ``checkpoint_inner_steps`` (:class:`Recomputed` has no ``vmap``
         batching rule)."""
@@ -225,12 +211,12 @@ class MAML(Algorithm):
         return (tuple(p for p in paths if p not in ("vmap", "compiled"))
                 if self.checkpoint_inner_steps else paths)
 
-    def meta_loss(self, batch: TaskBatch, path: Path, progress: Progress
+    def meta_loss(self, batch: TaskBatch, vectorize: Vectorize, progress: TrainingProgress
                   ) -> tuple[torch.Tensor, Metrics]:
-        if path == "vmap" and self.checkpoint_inner_steps:
+        if vectorize == "vmap" and self.checkpoint_inner_steps:
             raise ConfigError("algorithm.checkpoint_inner_steps: needs train.vectorize loop, "
                               "fused or auto (vmap cannot recompute an inner step), found vmap")
-        return super().meta_loss(batch, path, progress)
+        return super().meta_loss(batch, vectorize, progress)
 
     # -- the network, with this step's batch norm sets -------------------------------------
     def norm_tensors(self, step: int, ctx: Context) -> Params:
@@ -273,8 +259,8 @@ class MAML(Algorithm):
         """``inner_lr``, or with LSLR step ``step``'s rate of every adapted tensor."""
         if not hasattr(self, "inner_lrs"):
             return self.inner_lr
-        return {n: self.inner_lrs[lr_key(n)][step] if ctx.training
-                else self.inner_lrs[lr_key(n)][step].detach() for n in self.adapted}
+        return {n: self.inner_lrs[param_key(n)][step] if ctx.training
+                else self.inner_lrs[param_key(n)][step].detach() for n in self.adapted}
 
     def collects_statistics(self, ctx: Context) -> bool:
         return self.bn_statistics and ctx.training
@@ -330,14 +316,13 @@ class MAML(Algorithm):
 
         grads, aux = inner_gradient(total, adapted, create_graph)
         loss, stats = aux if collect else (aux, None)
-        new = {k: p - (lr[k] if isinstance(lr, dict) else lr) * grads[k]
-               for k, p in adapted.items()}
+        new = sgd_update(adapted, grads, lr)
         if collect:
             state = (*state, stats)
         return {**new, **fixed}, state, {"inner_loss": loss.detach()}
 
     # -- the outer objective -------------------------------------------------------------------
-    def msl_weights_at(self, progress: Progress | None) -> list[float] | None:
+    def msl_weights_at(self, progress: TrainingProgress | None) -> list[float] | None:
         """MSL's weights at this iteration, or None once (or where) MSL is off."""
         n = self.msl_iterations
         if n is None or progress is None or progress.iteration > n:
@@ -392,16 +377,16 @@ class MAML(Algorithm):
         counts[-1] = 2.0
         return counts
 
-    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
-                  optimizer: torch.optim.Optimizer) -> Metrics:
-        """The gradient step on the outer loss; then BNRS's running statistics take in this
-        meta-batch's (``1 - momentum`` to the power of the passes they saw)."""
-        metrics = super().meta_step(batch, path, progress, optimizer)
+    def after_update(self, batch: TaskBatch, progress: TrainingProgress,
+                     metrics: Metrics) -> Metrics:
+        """BNRS's running statistics take in this meta-batch's (``1 - momentum`` to the
+        power of the passes they saw); MSL's weights are logged."""
         stats = metrics.pop(BN_STATS, None)
         weights = self.msl_weights_at(progress)
-        if stats is not None:  # the whole meta-batch's, across the ranks of a distributed run
-            (stats,), _ = self.sync.mean([stats])
-            tasks = round(len(batch) / self.sync.weight)
+        if stats is not None:  # the whole meta-batch's, across the processes of the run
+            group = self.settings.group
+            (stats,), _ = group.mean([stats])
+            tasks = round(len(batch) / group.weight)
             passes = self._passes(weights is not None).to(stats) * tasks
             self.model.update_step_statistics(stats, (1.0 - BN_MOMENTUM) ** passes)
         if weights is not None:

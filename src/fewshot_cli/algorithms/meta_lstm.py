@@ -33,8 +33,8 @@ gradient descent", appendix A (:func:`preprocess`).
 - ``inner_grad_clip`` (off by default, not in the paper) clips each element of the
   learner's gradient to [-c, c] before it is preprocessed and applied. Classification
   losses have bounded gradients; a regression loss does not, and a learned input gate
-  near 1 on a large gradient sends the learner's weights to infinity
-  (``configs/sine-meta-lstm.yaml`` diverged at iteration 1,291 without it).
+  near 1 on a large gradient sends the learner's weights to infinity (it is on in
+  ``configs/sine-meta-lstm.yaml``, whose comment says what happened without it).
 - Batch norm in the learner normalises with the current batch's statistics and holds no
   running statistics (``models.conv4``), so nothing is carried from one episode to the next.
 
@@ -62,20 +62,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import grad_and_value
 
 from ..config import MetaLSTMConfig
 from ..tasks.base import TaskBatch, TaskShape, TaskSource
-from .base import (
-    Algorithm,
-    Context,
-    Evaluation,
-    Metrics,
-    Params,
-    Path,
-    Progress,
-    Support,
-)
+from .base import Algorithm, Evaluation
+from .batching import Context, Support, Vectorize, support_batch
+from .params import Metrics, Params, detached, inner_gradient
+from .settings import Settings
 
 #: Every meta-learner weight but the gate biases starts in U(-INIT_SCALE, INIT_SCALE)
 #: (reference code, model/lstm/meta-learner-lstm.lua).
@@ -95,20 +88,6 @@ def preprocess(x: torch.Tensor, p: float = 10.0, dim: int = -1) -> torch.Tensor:
     first = torch.where(big, log, torch.full_like(x, -1.0))
     second = torch.where(big, torch.sign(x), x * math.exp(p))
     return torch.stack([first, second], dim=dim)
-
-
-def support_batch(support: Support, step: int, size: int | None, fused: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The support examples of update ``step``: the ``step``-th batch of ``size`` examples,
-    the batches taken in turn (the last of an epoch may be smaller); all when ``size`` is
-    None or covers the set."""
-    dim = 1 if fused else 0
-    n = support.x.shape[dim]
-    if size is None or size >= n:
-        return support.x, support.y
-    start = (step % math.ceil(n / size)) * size
-    stop = min(start + size, n)
-    return support.x.narrow(dim, start, stop - start), support.y.narrow(dim, start, stop - start)
 
 
 class CoordinateLSTM(nn.Module):
@@ -172,11 +151,15 @@ class MetaLSTM(Algorithm):
 
     kind = "meta_lstm"
     paths = ("vmap", "loop", "fused")
-    uses_inner_lr = False
     cfg: MetaLSTMConfig
 
-    def __init__(self, model: nn.Module, cfg: MetaLSTMConfig, task: TaskSource) -> None:
-        super().__init__(model, cfg, task)
+    @classmethod
+    def learns_step_sizes(cls, cfg: MetaLSTMConfig) -> bool:  # type: ignore[override]
+        return True
+
+    def __init__(self, model: nn.Module, cfg: MetaLSTMConfig, task: TaskSource,
+                 settings: Settings | None = None) -> None:
+        super().__init__(model, cfg, task, settings)
         self.task_shape = TaskShape(task.problem, tuple(task.input_shape), task.output_dim)
         self.lstm = CoordinateLSTM(4, cfg.hidden)
         self.cell = MetaLearnerCell(cfg.hidden, cfg.forget_bias_init, cfg.input_bias_init)
@@ -219,14 +202,12 @@ class MetaLSTM(Algorithm):
     def learner_gradient(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                          ctx: Context) -> tuple[Params, torch.Tensor]:
         """The support gradient and loss at ``params``, as constants (no second order)."""
-        fixed = {k: v.detach() for k, v in params.items()}
-
         def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
             loss = self.task_loss(p, x, y, ctx)
             return loss.sum(), loss
 
-        grads, (_, loss) = grad_and_value(total, has_aux=True)(fixed)
-        return {k: g.detach() for k, g in grads.items()}, loss.detach()
+        grads, loss = inner_gradient(total, detached(params), create_graph=False)
+        return grads, loss.detach()
 
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
@@ -259,31 +240,25 @@ class MetaLSTM(Algorithm):
                 out[f"{name}_sd/{layer}"] = values.std(-1, correction=0)
         return out
 
-    # -- the outer objective and the meta-update ----------------------------------------------
-
-    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
-                  optimizer: torch.optim.Optimizer) -> Metrics:
-        """The loss gradient, clipped to norm ``grad_clip`` over all meta-parameters (the
-        learner's initial parameters included), as the reference code does."""
-        loss, metrics = self.meta_loss(batch, path, progress)
-        optimizer.zero_grad(set_to_none=True)
-        self.meta_backward(loss)
-        clip = self.cfg.grad_clip
-        norm = nn.utils.clip_grad_norm_(self.parameters(), math.inf if clip is None else clip)
-        optimizer.step()
-        return {"loss": loss.detach(), **metrics, "meta_grad_norm": norm.detach()}
+    # -- the meta-update ------------------------------------------------------------------------
+    def meta_grad_clip(self) -> float:
+        """``grad_clip``: the norm over all meta-parameters (the learner's initial parameters
+        included) the reference code clips the meta-gradient to; its norm is logged either
+        way."""
+        return math.inf if self.cfg.grad_clip is None else self.cfg.grad_clip
 
     # -- evaluation: no graph through the meta-learner ----------------------------------------
-    def evaluate_tasks(self, batch: TaskBatch, steps: int, path: Path, query_chunks: int = 1,
-                       probe: torch.Tensor | None = None) -> Evaluation:
-        with torch.no_grad():  # the learner's gradients are taken all the same (torch.func)
-            return super().evaluate_tasks(batch, steps, path, query_chunks, probe)
+    def evaluate_tasks(self, batch: TaskBatch, steps: int, vectorize: Vectorize,
+                       query_chunks: int = 1, probe: torch.Tensor | None = None
+                       ) -> Evaluation:
+        with torch.no_grad():  # the learner's gradients are taken all the same
+            return super().evaluate_tasks(batch, steps, vectorize, query_chunks, probe)
 
     def adapt_one(self, batch: TaskBatch, index: int, steps: int) -> Params:
         with torch.no_grad():
             return super().adapt_one(batch, index, steps)
 
-    def references(self, source: TaskSource, steps: int, path: Path, chunk: int
+    def references(self, source: TaskSource, steps: int, vectorize: Vectorize, chunk: int
                    ) -> list[tuple[Algorithm, dict[str, Any]]]:
         """Plain SGD from the meta-learned initial parameters, on the same support batches,
         at the best of ``sgd_reference_lrs``: the lowest mean query loss (classification:
@@ -301,11 +276,12 @@ class MetaLSTM(Algorithm):
             n = min(left, chunk)
             batches.append(source.sample(n, gen, split).to(weight.device, weight.dtype))
             left -= n
-        path = path if path in self.available_paths else self.available_paths[0]
+        if vectorize not in self.available_paths:
+            vectorize = self.available_paths[0]
         scores: dict[float, float] = {}
         for lr in lrs:
             ref = SGDReference(self, lr)
-            final = torch.cat([ref.adaptation_curve(b, steps, path)[:, -1].cpu()
+            final = torch.cat([ref.adaptation_curve(b, steps, vectorize)[:, -1].cpu()
                                for b in batches]).double()
             if not bool(torch.isfinite(final[:, 0]).all()):
                 scores[lr] = math.nan
@@ -340,7 +316,7 @@ class SGDReference(Algorithm):
     paths = ("vmap", "loop", "fused")
 
     def __init__(self, learner: MetaLSTM, lr: float) -> None:
-        super().__init__(learner.model, learner.cfg, learner.task_shape)
+        super().__init__(learner.model, learner.cfg, learner.task_shape, learner.settings)
         self.inner_lr = lr
         self.inner_batch = learner.cfg.inner_batch
 

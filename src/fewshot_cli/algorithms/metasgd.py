@@ -32,12 +32,10 @@ from torch import nn
 
 from ..config import MetaSGDConfig
 from ..tasks.base import TaskBatch, TaskSource
-from .base import Algorithm, Context, Metrics, Params, Path, Progress, Support
-
-
-def lr_key(name: str) -> str:
-    """The ``ParameterDict`` key of parameter ``name`` (a key may not contain dots)."""
-    return name.replace(".", "/")
+from .base import Algorithm
+from .batching import Context, Support, TrainingProgress
+from .params import Metrics, Params, param_key
+from .settings import Settings
 
 
 class MetaSGD(Algorithm):
@@ -45,19 +43,24 @@ class MetaSGD(Algorithm):
 
     kind = "metasgd"
     paths = ("vmap", "loop", "fused")
-    uses_inner_lr = False
     cfg: MetaSGDConfig
 
-    def __init__(self, model: nn.Module, cfg: MetaSGDConfig, task: TaskSource) -> None:
-        super().__init__(model, cfg, task)
+    @classmethod
+    def learns_step_sizes(cls, cfg: MetaSGDConfig) -> bool:  # type: ignore[override]
+        return True
+
+    def __init__(self, model: nn.Module, cfg: MetaSGDConfig, task: TaskSource,
+                 settings: Settings | None = None) -> None:
+        super().__init__(model, cfg, task, settings)
         low, high = cfg.lr_init
         self.lr = nn.ParameterDict({
-            lr_key(name): nn.Parameter(torch.empty_like(p).uniform_(low, high))
+            param_key(name): nn.Parameter(torch.empty_like(p).uniform_(low, high))
             for name, p in model.named_parameters()})
 
     def step_sizes(self, ctx: Context) -> Params:
         """alpha by parameter name; detached outside training (no graph at evaluation)."""
-        return {name: (self.lr[lr_key(name)] if ctx.training else self.lr[lr_key(name)].detach())
+        return {name: (self.lr[param_key(name)] if ctx.training
+                       else self.lr[param_key(name)].detach())
                 for name, _ in self.model.named_parameters()}
 
     def inner_step(self, params: Params, state: None, support: Support, step: int,
@@ -67,11 +70,9 @@ class MetaSGD(Algorithm):
                                   create_graph, ctx)
         return new, None, {"inner_loss": loss}
 
-
-    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
-                  optimizer: torch.optim.Optimizer) -> Metrics:
-        """The loss gradient (the default), and where alpha stands after the update."""
-        metrics = super().meta_step(batch, path, progress, optimizer)
+    def after_update(self, batch: TaskBatch, progress: TrainingProgress,
+                     metrics: Metrics) -> Metrics:
+        """Where alpha stands after the update."""
         with torch.no_grad():
             alpha = torch.cat([a.flatten() for a in self.lr.values()])
             metrics.update(lr_mean=alpha.mean(), lr_abs_mean=alpha.abs().mean(),

@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 
 from ..tasks.base import TaskBatch
-from .base import Metrics, Path, Progress, accuracy
+from .batching import TrainingProgress, Vectorize
+from .losses import accuracy
 from .maml import MAML
+from .params import Metrics
 
 
 class Pretrain(MAML):
@@ -20,7 +22,7 @@ class Pretrain(MAML):
 
     kind = "pretrain"
 
-    def meta_loss(self, batch: TaskBatch, path: Path, progress: Progress
+    def meta_loss(self, batch: TaskBatch, vectorize: Vectorize, progress: TrainingProgress
                   ) -> tuple[torch.Tensor, Metrics]:
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)

@@ -38,12 +38,13 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch.func import grad_and_value
 
 from ..config import ReptileConfig
 from ..tasks.base import TaskBatch
-from .base import Algorithm, Context, Metrics, Params, Path, Progress, Query, Support, accuracy
-from .meta_lstm import support_batch
+from .base import Algorithm
+from .batching import Context, Query, Support, TrainingProgress, Vectorize, support_batch
+from .losses import accuracy
+from .params import Metrics, Params, detached, inner_gradient, sgd_update
 
 #: The inner Adam's epsilon (the reference code's TensorFlow default).
 ADAM_EPS = 1e-8
@@ -71,8 +72,8 @@ class Reptile(Algorithm):
             loss = self.task_loss(p, x, y, ctx)
             return loss.sum(), loss
 
-        grads, (_, loss) = grad_and_value(total, has_aux=True)(params)
-        return {k: g.detach() for k, g in grads.items()}, loss.detach()
+        grads, loss = inner_gradient(total, params, create_graph=False)
+        return grads, loss.detach()
 
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
@@ -81,7 +82,7 @@ class Reptile(Algorithm):
         grads, loss = self.gradient(params, x, y, ctx)
         lr = self.inner_lr
         if state is None:
-            return {k: p - lr * grads[k] for k, p in params.items()}, None, {"inner_loss": loss}
+            return sgd_update(params, grads, lr), None, {"inner_loss": loss}
         b1, b2 = self.cfg.inner_betas
         m = {k: b1 * state[0][k] + (1 - b1) * g for k, g in grads.items()}
         v = {k: b2 * state[1][k] + (1 - b2) * g * g for k, g in grads.items()}
@@ -95,9 +96,8 @@ class Reptile(Algorithm):
                        ctx: Context) -> tuple[torch.Tensor, Metrics]:
         """``1/2 ||theta - phi||^2`` of one task, phi its adapted weights (a constant): the
         gradient is the task's Reptile direction ``theta - phi``. ``query`` is not used."""
-        start = {k: v.detach() for k, v in params.items()}
-        adapted = self.adapt(start, support, self.inner_steps, ctx)
-        phi = {k: v.detach() for k, v in adapted.params.items()}
+        adapted = self.adapt(detached(params), support, self.inner_steps, ctx)
+        phi = detached(adapted.params)
         lead = 1 if ctx.fused else 0
         squared = sum((params[k] - phi[k]).pow(2).flatten(lead).sum(-1) for k in params)
         metrics = dict(adapted.metrics)
@@ -123,14 +123,18 @@ class Reptile(Algorithm):
         return dataclasses.replace(batch, support_x=batch.support_x[rows, order],
                                    support_y=batch.support_y[rows, order])
 
-    def meta_step(self, batch: TaskBatch, path: Path, progress: Progress,
-                  optimizer: torch.optim.Optimizer) -> Metrics:
-        """theta <- theta + eps * mean_i (phi_i - theta) (with ``meta_optimizer: sgd``); the
-        query sets are never read."""
-        surrogate, metrics = self.meta_loss(self.shuffled(batch), path, progress)
-        optimizer.zero_grad(set_to_none=True)
-        self.meta_backward(surrogate)  # every parameter's grad is theta - mean_i phi_i
-        optimizer.step()
+    def meta_loss(self, batch: TaskBatch, vectorize: Vectorize, progress: TrainingProgress
+                  ) -> tuple[torch.Tensor, Metrics]:
+        """The mean surrogate over the batch, its support sets shuffled: every parameter's
+        gradient is ``theta - mean_i phi_i``, so the engine's step (``meta_optimizer: sgd``)
+        is theta <- theta + eps * mean_i (phi_i - theta). The query sets are never read."""
+        return super().meta_loss(self.shuffled(batch), vectorize, progress)
+
+    def after_update(self, batch: TaskBatch, progress: TrainingProgress,
+                     metrics: Metrics) -> Metrics:
+        """``loss`` is the support loss after adaptation (logged iterations), not the
+        surrogate."""
+        metrics.pop("loss", None)
         if "inner_loss_after" in metrics:
             metrics["loss"] = metrics.pop("inner_loss_after")
         return metrics

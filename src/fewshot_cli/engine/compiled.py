@@ -12,7 +12,7 @@ CUDA graphs (``mode="reduce-overhead"``), for meta-batches small enough that ker
 launches dominate.
 
 ``torch.compile`` keeps one compiled graph per guard set: one per batch shape, dtype,
-device, ``Progress.logged`` and intra-op thread count; a copy of the algorithm (the
+device, ``TrainingProgress.logged`` and intra-op thread count; a copy of the algorithm (the
 engine times paths on copies) reuses them. An objective that reads the iteration number (MAML++'s
 multi-step loss or derivative-order annealing) would need a new graph every
 iteration; the first call that would recompile for a key already compiled switches
@@ -78,8 +78,8 @@ _meta_gradient_graphs = torch.compile(_gradient, mode="reduce-overhead", fullgra
 
 def uses_graphs(algo: Any, device: torch.device) -> bool:
     """Whether the meta-gradient of ``algo`` on ``device`` is replayed as CUDA graphs:
-    ``train.cuda_graphs`` (the algorithm's ``cuda_graphs``) on a CUDA device."""
-    return bool(getattr(algo, "cuda_graphs", False)) and device.type == "cuda"
+    ``train.cuda_graphs`` (the algorithm's ``settings.cuda_graphs``) on a CUDA device."""
+    return algo.settings.cuda_graphs and device.type == "cuda"
 
 
 class _State:

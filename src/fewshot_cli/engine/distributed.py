@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import AgreedError, FewshotError
 
 #: Added to the seed of rank r > 0's task generator and torch RNG, times r (rank 0 keeps
-#: the run's seed, so a one-process run samples exactly as before).
+#: the run's seed, so a one-process run samples the tasks its seed names).
 RANK_SEED_STRIDE = 7_919_000_003
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..algorithms import PATHS, algorithm_class
+from ..algorithms import algorithm_class
 from ..config import Config, EvalConfig
 from ..errors import ConfigError, FewshotError
 from ..rundir import RunDir
@@ -292,7 +292,8 @@ def _result(m: _Model, cfg: Config, settings: EvalConfig, curve: torch.Tensor, s
         "settings": {
             "tasks": settings.tasks, "steps": steps, "shots": shots, "queries": queries,
             "ways": getattr(cfg.task, "ways", None), "seed": settings.seed,
-            "inner_lr": None if m.exp.algo.learned_step_sizes else m.exp.algo.inner_lr,
+            "inner_lr": (None if m.exp.algo.learns_step_sizes(m.exp.algo.cfg)
+                         else m.exp.algo.inner_lr),
             "split": "test", "loss": algo.loss,
             "query_batch": settings.query_batch if classification else "all",
             "protocol": _protocol(classification, settings.query_batch, queries, cfg),
@@ -309,10 +310,9 @@ def _result(m: _Model, cfg: Config, settings: EvalConfig, curve: torch.Tensor, s
 def recorded_path(run: RunDir, exp: Experiment) -> str:
     """The batching path the run trained with (meta.json), if this algorithm can use it
     here; otherwise the best available one."""
-    mode = run.read_meta().get("vectorize", {})
-    mode = mode.get("mode") if isinstance(mode, dict) else None
-    if mode in PATHS and mode in exp.algo.available_paths:
-        return mode
+    path = vectorize.recorded(run.read_meta())
+    if path in exp.algo.available_paths:
+        return path
     try:
         return vectorize.choose(exp, "auto")[0]
     except FewshotError:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import algorithms, models, tasks
-from ..algorithms import Algorithm
+from ..algorithms import Algorithm, Settings
 from ..config import DEVICE_PATTERN, Config
 from ..errors import ConfigError
 from ..tasks import TaskSource
+from .distributed import Sync
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: ``train.autocast`` -> the dtype of meta-training's forward passes (None: no autocast).
@@ -38,13 +39,15 @@ def resolve_device(spec: str) -> torch.device:
 
 @dataclass
 class Experiment:
-    """Everything built from one config."""
+    """Everything built from one config; ``sync`` is the run's process group (the one in
+    the algorithm's settings)."""
 
     cfg: Config
     device: torch.device
     dtype: torch.dtype
     source: TaskSource
     algo: Algorithm
+    sync: Sync = field(default_factory=Sync)
 
 
 def images_on_device(cfg: Config, source: TaskSource, device: torch.device) -> bool:
@@ -62,11 +65,20 @@ def images_on_device(cfg: Config, source: TaskSource, device: torch.device) -> b
     return 4 * getattr(source, "image_bytes", 0) <= total
 
 
-def build_experiment(cfg: Config, device: torch.device | None = None) -> Experiment:
-    """Build tasks, network (initialised from ``cfg.seed``) and algorithm on ``device``;
-    ``train.autocast`` sets the algorithm's :attr:`Algorithm.autocast_dtype`,
-    ``train.query_batch`` its :attr:`Algorithm.train_query_batch`, ``train.cuda_graphs``
-    its :attr:`Algorithm.cuda_graphs`."""
+def settings(cfg: Config, source: TaskSource, sync: Sync) -> Settings:
+    """How the algorithm runs: ``train.autocast``, ``train.query_batch`` (``per_class``: one
+    query per class in each batch), ``train.cuda_graphs`` and the process group."""
+    return Settings(
+        autocast=AUTOCAST[getattr(cfg.train, "autocast", "off")],
+        query_batch=source.output_dim if cfg.train.query_batch == "per_class" else None,
+        cuda_graphs=cfg.train.cuda_graphs,
+        group=sync)
+
+
+def build_experiment(cfg: Config, device: torch.device | None = None,
+                     sync: Sync | None = None) -> Experiment:
+    """Build tasks, network (initialised from ``cfg.seed``) and algorithm on ``device``,
+    in the process group ``sync`` (one process by default)."""
     device = device or resolve_device(cfg.device)
     dtype = DTYPES[cfg.train.dtype]
     if (getattr(cfg.algorithm, "checkpoint_inner_steps", False)
@@ -79,9 +91,6 @@ def build_experiment(cfg: Config, device: torch.device | None = None) -> Experim
         source.place(device)  # type: ignore[attr-defined]
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, source)
-    algo = algorithms.build(cfg, model, source).to(device=device, dtype=dtype)
-    algo.autocast_dtype = AUTOCAST[getattr(cfg.train, "autocast", "off")]
-    algo.cuda_graphs = cfg.train.cuda_graphs
-    if cfg.train.query_batch == "per_class":
-        algo.train_query_batch = source.output_dim
-    return Experiment(cfg, device, dtype, source, algo)
+    sync = sync or Sync()
+    algo = algorithms.build(cfg, model, source, settings(cfg, source, sync))
+    return Experiment(cfg, device, dtype, source, algo.to(device=device, dtype=dtype), sync)

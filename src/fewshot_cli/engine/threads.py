@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..algorithms import Path
+from ..algorithms import Vectorize
 from ..files import cache_root
 from . import vectorize
 from .setup import Experiment
@@ -36,13 +36,13 @@ def apply(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _time(exp: Experiment, batch: Any, path: Path, threads: int) -> float:
+def _time(exp: Experiment, batch: Any, path: Vectorize, threads: int) -> float:
     """Seconds of one meta-update with ``threads`` threads, on a throwaway copy."""
     apply(threads)
     return vectorize.time_step(copy.deepcopy(exp.algo), batch, path, exp.device, budget_s=0.4)
 
 
-def choose(exp: Experiment, path: Path, requested: int | None, key: str
+def choose(exp: Experiment, path: Vectorize, requested: int | None, key: str
            ) -> tuple[int, dict[str, Any]]:
     """The thread count for this run and how it was decided; applies it.
 

@@ -1,14 +1,13 @@
 """The meta-training loop, and how it stops, checkpoints and resumes.
 
-One iteration draws a meta-batch from the run's own task generator and hands
-it to ``algo.meta_step`` (inner loops inside, then the meta-update). Every
-``log_every`` iterations the algorithm's metrics, averaged over the window,
-go to ``metrics.jsonl``; every ``val_every`` the fixed validation tasks are
-evaluated; ``last.pt`` is written every ``checkpoint_every`` and ``best.pt``
-when validation improves.
+One iteration draws a meta-batch from the run's own task generator and hands it to
+:func:`.meta_update` (inner loops inside, then the meta-update). Every ``log_every``
+iterations the algorithm's metrics, averaged over the window, go to ``metrics.jsonl``;
+every ``val_every`` the fixed validation tasks are evaluated; ``last.pt`` is written
+every ``checkpoint_every`` and ``best.pt`` when validation improves.
 
-Stops lose nothing: SIGINT and SIGTERM only raise a flag, checked between
-iterations, so the saved state is always the state between two iterations;
+Stops lose nothing: SIGINT and SIGTERM only raise a flag (:mod:`.stopping`), checked
+between iterations, so the saved state is always the state between two iterations;
 ``last.pt`` then holds everything an uninterrupted run would have in memory
 (parameters, optimiser, every RNG, the open log window, elapsed time), and
 ``fewshot train --resume`` continues bit-identically.
@@ -21,10 +20,7 @@ import os
 import platform
 import random
 import re
-import signal
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,52 +37,15 @@ from rich.progress import (
 )
 
 from .. import __version__
-from ..algorithms import Path
-from ..algorithms import Progress as TrainProgress
+from ..algorithms import TrainingProgress, Vectorize
 from ..errors import DistributedError, FewshotError, RunDirError
 from ..rundir import RunDir
-from ..tasks import TaskBatch
 from . import checkpoint, distributed
 from .distributed import Sync
-from .evaluator import divergence_summary, query_chunks
+from .meta_update import meta_update
 from .setup import Experiment
-
-VAL_SEED_OFFSET = 1_000_003
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-# ----------------------------------------------------------------------------- stop signals
-class StopSignals:
-    """SIGINT / SIGTERM raise a flag instead of an exception, while installed.
-
-    The loop finishes (or never starts) the current iteration, saves and exits;
-    a second signal during the save changes nothing.
-    """
-
-    def __init__(self, on_first: Callable[[int], None] | None = None) -> None:
-        self.signum: int | None = None
-        self._on_first = on_first
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self.signum is None and self._on_first is not None:
-            self._on_first(signum)
-        self.signum = self.signum or signum
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in SIGNAL_EXIT:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old.clear()
+from .stopping import StopSignals
+from .validation import validate, validation_tasks
 
 
 # ----------------------------------------------------------------------------- log window
@@ -117,62 +76,7 @@ class Window:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
 
 
-# ----------------------------------------------------------------------------- validation
-def validation_tasks(exp: Experiment) -> list[TaskBatch]:
-    """The fixed held-out tasks, in evaluation-sized chunks, drawn once per run.
-
-    Empty when the task source has no validation split (an image folder
-    without ``val/``): the run then keeps only ``last.pt``.
-    """
-    cfg = exp.cfg
-    if "val" not in getattr(exp.source, "splits", ("val",)):
-        return []
-    gen = torch.Generator().manual_seed(cfg.seed + VAL_SEED_OFFSET)
-    left, chunks = cfg.train.val_tasks, []
-    while left > 0:
-        n = min(left, cfg.eval.chunk)
-        chunks.append(exp.source.sample(n, gen, "val"))
-        left -= n
-    return chunks
-
-
-def validate(exp: Experiment, chunks: list[TaskBatch], path: Path,
-             sync: Sync | None = None) -> dict[str, Any]:
-    """Query loss (and accuracy) after 0..eval_inner_steps steps on the validation tasks
-    (classified in batches of one query per class under ``eval.query_batch: per_class``),
-    under the same divergence policy as ``fewshot eval``; ``val_loss_median`` is the
-    median final loss with diverged tasks counted as infinitely bad (the default
-    statistic ``best.pt`` is selected by: one blown-up task cannot hide or fake a gain).
-    In a distributed run each rank adapts every world-th chunk and all see every curve."""
-    steps = exp.cfg.algorithm.eval_inner_steps
-    sync = sync or Sync()
-    batches = query_chunks(exp.algo.classification, exp.cfg.eval.query_batch,
-                           exp.cfg.task.queries)
-    mine = {i: exp.algo.adaptation_curve(chunks[i].to(exp.device, exp.dtype), steps, path,
-                                         batches).cpu()
-            for i in range(sync.rank, len(chunks), sync.world)}
-    found = {i: c for part in sync.gather(mine) for i, c in part.items()}
-    curves = torch.cat([found[i] for i in range(len(chunks))])
-    per_step = divergence_summary(curves)
-    final = curves[:, -1, 0].double()
-    final = torch.where(torch.isfinite(final), final, math.inf)  # a diverged task is worst
-    out: dict[str, Any] = {
-        "val_loss": per_step[-1]["loss"]["mean"],
-        "val_loss_median": final.median().item(),
-        "val_loss_steps": [_round(r["loss"]["mean"]) for r in per_step],
-        "val_diverged": per_step[-1]["loss"]["diverged"],
-    }
-    if exp.algo.classification:
-        out["val_accuracy"] = per_step[-1]["accuracy"]["mean"]
-        out["val_accuracy_steps"] = [_round(r["accuracy"]["mean"]) for r in per_step]
-    return out
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 6)
-
-
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the run's state
 @dataclass
 class Outcome:
     """How training ended: status for meta.json, exit code, a line for the user."""
@@ -185,6 +89,340 @@ class Outcome:
     trained: bool = True  # False when --resume found nothing to do
 
 
+class State:
+    """Everything ``last.pt`` holds: the algorithm, its optimiser and schedule, this
+    rank's task generator and the other RNGs, the iteration, the training time before
+    this process, the best validation score and the open log window."""
+
+    def __init__(self, exp: Experiment, path: Vectorize,
+                 resume: dict[str, Any] | None) -> None:
+        cfg, sync = exp.cfg, exp.sync
+        self.exp, self.path = exp, path
+        self.optimizer = exp.algo.configure_optimizer()
+        self.scheduler = exp.algo.configure_scheduler(self.optimizer, cfg.train.iterations)
+        own_seed = distributed.rank_seed(cfg.seed, sync.rank)
+        self.generator = torch.Generator().manual_seed(own_seed)
+        self.window = Window()
+        self.iteration, self.elapsed_before, self.best = 0, 0.0, math.inf
+        #: The iteration of the last checkpoint written (None: none by this process yet).
+        self.saved: int | None = None
+        self.config = cfg.to_dict()
+        if resume is not None:
+            self._load(resume)
+        else:  # torch is seeded when the network is built; Python's and NumPy's RNGs here
+            random.seed(own_seed)
+            np.random.seed(own_seed % 2**32)
+            if sync.rank > 0:  # the network is the same on every rank; the rest is its own
+                torch.manual_seed(own_seed)
+
+    def _load(self, resume: dict[str, Any]) -> None:
+        self.exp.algo.load_state_dict(resume["algorithm"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        if self.scheduler is not None and resume.get("scheduler") is not None:
+            self.scheduler.load_state_dict(resume["scheduler"])
+        rngs = resume.get("rng_ranks")
+        checkpoint.restore_rng(rngs[self.exp.sync.rank] if rngs else resume["rng"],
+                               self.generator)
+        tr = resume["trainer"]
+        self.window.load_state_dict(tr["window"])
+        self.iteration, self.elapsed_before = int(resume["iteration"]), float(tr["elapsed"])
+        self.best = math.inf if tr["best_val_score"] is None else float(tr["best_val_score"])
+        self.saved = self.iteration
+
+    def last(self, elapsed: float, rngs: list[Any]) -> dict[str, Any]:
+        """The contents of ``last.pt`` (``rngs``: every rank's random state)."""
+        sync = self.exp.sync
+        out = {
+            "iteration": self.iteration, "config": self.config,
+            "algorithm": self.exp.algo.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": rngs[0],
+            "trainer": {"elapsed": elapsed,
+                        "best_val_score": None if math.isinf(self.best) else self.best,
+                        "window": self.window.state_dict(), "path": self.path},
+        }
+        if sync.active:
+            out["rng_ranks"] = rngs
+            out["trainer"]["world_size"] = sync.world
+        return out
+
+    def best_checkpoint(self, select: str) -> dict[str, Any]:
+        """The contents of ``best.pt``."""
+        return {"iteration": self.iteration, "config": self.config,
+                "algorithm": self.exp.algo.state_dict(), "val_score": self.best,
+                "selected_by": select}
+
+
+# ----------------------------------------------------------------------------- writing
+class Writer:
+    """What a run writes while it trains: checkpoints, metrics rows, TensorBoard, meta.json.
+    Every rank calls it (checkpoints gather every rank's RNG state); rank 0 alone writes."""
+
+    def __init__(self, run: RunDir, state: State, tensorboard: Any) -> None:
+        self.run, self.state, self.tensorboard = run, state, tensorboard
+        self.main = state.exp.sync.main
+
+    def save_last(self, elapsed: float) -> None:
+        s, t = self.state, self.state.exp.cfg.train
+        rngs = s.exp.sync.gather(checkpoint.rng_state(s.generator))  # every rank's streams
+        s.saved = s.iteration
+        if not self.main:
+            return
+        checkpoint.save(self.run.checkpoint_path("last"), s.last(elapsed, rngs))
+        if t.keep_checkpoints:
+            self.run.keep_checkpoint(s.iteration, t.keep_checkpoints)
+        self.run.update_meta(iteration=s.iteration, checkpoint_iteration=s.iteration,
+                             train_seconds=round(elapsed, 3))
+
+    def save_best(self) -> None:
+        if self.main:
+            checkpoint.save(self.run.checkpoint_path("best"),
+                            self.state.best_checkpoint(self.state.exp.cfg.train.select))
+
+    def append(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        self.run.append_metrics(row)
+        if self.tensorboard is not None:
+            self.tensorboard.log(row)
+
+    def finish(self, outcome: Outcome, wall: float, failure: dict[str, Any] | None) -> None:
+        """The final status in meta.json (and its fields in ``outcome.meta``)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if not self.main:
+            return
+        best = self.state.best
+        fields: dict[str, Any] = {
+            "status": outcome.status, "ended": _now(), "wall_seconds": round(wall, 3),
+            "best_val": (None if math.isinf(best) else
+                         {"statistic": self.state.exp.cfg.train.select, "value": best})}
+        if failure is not None:
+            fields["failure"] = {k: v for k, v in failure.items() if k != "text"}
+        if outcome.status != "diverged":
+            fields["iteration"] = outcome.iteration
+        try:
+            outcome.meta = self.run.update_meta(**fields)
+        except (OSError, RunDirError):
+            outcome.meta = {**self.run.read_meta(), **fields}
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(exp: Experiment, run: RunDir, path: Vectorize, *, stop: StopSignals,
+          resume: dict[str, Any] | None = None, console: Console | None = None,
+          show_progress: bool = True, tensorboard: Any = None) -> Outcome:
+    """Meta-train ``exp`` into ``run`` along batching ``path``, from scratch or from
+    the ``last.pt`` state ``resume``. The run directory's config and meta.json
+    exist already; this writes metrics, checkpoints and the final status.
+
+    In a distributed run (``exp.sync``) every rank runs this loop on its share of
+    each meta-batch; rank 0 alone writes, and what ends the loop is agreed on by all."""
+    cfg, t, sync, algo = exp.cfg, exp.cfg.train, exp.sync, exp.algo
+    state = State(exp, path, resume)
+    writer = Writer(run, state, tensorboard)
+    n_tasks = sync.split(cfg.algorithm.meta_batch)
+    val_chunks = validation_tasks(exp)
+    clock = Clock(state.iteration, state.elapsed_before)
+    bar = Bar(console or Console(stderr=True), t.iterations, state.iteration,
+              show_progress and sync.main)
+    outcome = Outcome("failed", state.iteration, 1, "", {})
+    failure: dict[str, Any] | None = None
+    stop_agreed = False  # a distributed run's ranks stop together, at the same iteration
+    try:
+        if resume is None:
+            writer.save_last(0.0)  # a run stopped before its first checkpoint resumes from here
+        while True:
+            # -- stop before the next iteration: a signal, or the schedule's end
+            if stop_agreed or (stop.requested and not sync.active):
+                writer.save_last(clock.elapsed())
+                outcome = _ended("interrupted", state, stop.exit_code,
+                                 f"interrupted at iteration {state.iteration}; last.pt "
+                                 f"saved\nresume: {resume_command(run, sync)}")
+                break
+            if state.iteration >= t.iterations:
+                outcome = _ended("completed", state, 0)
+                break
+            # -- one meta-update
+            state.iteration += 1
+            it = state.iteration
+            logged = it % t.log_every == 0 or it == t.iterations
+            batch = exp.source.sample(n_tasks, state.generator, "train").to(exp.device, exp.dtype)
+            metrics = meta_update(algo, batch, path, TrainingProgress(it, t.iterations, logged),
+                                  state.optimizer)
+            if state.scheduler is not None:
+                state.scheduler.step()
+            elapsed = clock.elapsed()
+            timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
+            metrics, stop_agreed, timed_out = _agree(sync, metrics, stop, timed_out)
+            loss = metrics.get("loss")
+            if loss is not None and not math.isfinite(loss.item()):
+                outcome = _ended("diverged", state, 1,
+                                 f"training diverged at iteration {it}: the training loss is "
+                                 f"{loss.item()}; kept the last good checkpoint (iteration "
+                                 f"{state.saved})")
+                break
+            state.window.add(metrics)
+            final = it == t.iterations or timed_out
+            # -- log, validate, checkpoint
+            row = _log_row(state, clock) if it % t.log_every == 0 or final else {}
+            if val_chunks and (it % t.val_every == 0 or final):
+                row.update(_validate_and_keep_best(exp, val_chunks, state, writer))
+            if row:
+                writer.append({"iteration": it, "time": round(elapsed, 3), **row})
+                bar.loss(row.get("loss"))
+            if it % t.checkpoint_every == 0 or final:
+                if not _params_finite(algo):
+                    outcome = _ended("diverged", state, 1,
+                                     f"training diverged at iteration {it}: the parameters "
+                                     "are not finite; kept the last good checkpoint "
+                                     f"(iteration {state.saved})")
+                    break
+                writer.save_last(clock.elapsed())
+            bar.advance(it, clock, final)
+            if timed_out:
+                outcome = _ended("stopped at train.max_seconds", state, 0)
+                break
+    except FewshotError as e:
+        outcome.message = str(e)
+        raise
+    except Exception as e:
+        if not sync.active:
+            raise
+        # A rank raised, died or stopped answering: leave the last checkpoint as it is.
+        failure = _failure(sync, e)
+        outcome.message = (f"distributed training failed at iteration {state.iteration}: "
+                           f"{failure['text']}; kept the last checkpoint (iteration "
+                           f"{state.saved})")
+        raise DistributedError(outcome.message) from None
+    finally:
+        bar.stop()
+        outcome.iteration = state.iteration
+        writer.finish(outcome, clock.wall(), failure)
+    return outcome
+
+
+def _ended(status: str, state: State, exit_code: int, message: str = "") -> Outcome:
+    return Outcome(status, state.iteration, exit_code, message, {})
+
+
+def _agree(sync: Sync, metrics: dict[str, torch.Tensor], stop: StopSignals, timed_out: bool
+           ) -> tuple[dict[str, torch.Tensor], bool, bool]:
+    """Across the ranks of a distributed run: the meta-batch's metrics, whether any rank
+    was asked to stop, and whether rank 0's clock ran out (one all-reduce). One process
+    keeps its own, and reads its stop flag at the top of the loop only."""
+    if not sync.active:
+        return metrics, False, timed_out
+    keys = sorted(metrics)
+    values, (stopped, timed_out) = sync.mean([metrics[k] for k in keys],
+                                             [stop.requested, timed_out and sync.main])
+    return dict(zip(keys, values, strict=True)), stopped, timed_out
+
+
+def _log_row(state: State, clock: Clock) -> dict[str, Any]:
+    """The window's means, the meta learning rate and the iterations per second since the
+    last row."""
+    row = state.window.flush()
+    row["meta_lr"] = state.optimizer.param_groups[0]["lr"]
+    row["its_per_s"] = clock.rate_since_log(state.iteration)
+    return row
+
+
+def _validate_and_keep_best(exp: Experiment, chunks: list[Any], state: State,
+                            writer: Writer) -> dict[str, Any]:
+    """Validation's fields of the log row; ``best.pt`` when its score (``train.select``)
+    is the best so far."""
+    val = validate(exp, chunks, state.path, exp.sync)
+    score = val["val_loss_median" if exp.cfg.train.select == "median" else "val_loss"]
+    if score is not None and math.isfinite(score) and score < state.best:
+        state.best = score
+        writer.save_best()
+    return val
+
+
+def _params_finite(algo: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in algo.parameters())
+
+
+# ----------------------------------------------------------------------------- time and display
+class Clock:
+    """Training time: this process's, plus what the run had trained before it."""
+
+    def __init__(self, iteration: int, before: float) -> None:
+        self.start = time.perf_counter()
+        self.before = before
+        self.first_iteration = iteration
+        self.log_time, self.log_iteration = self.start, iteration
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.start
+
+    def rate(self, iteration: int) -> float:
+        """Iterations per second in this process."""
+        return (iteration - self.first_iteration) / max(self.wall(), 1e-9)
+
+    def rate_since_log(self, iteration: int) -> float:
+        now = time.perf_counter()
+        rate = (iteration - self.log_iteration) / max(now - self.log_time, 1e-9)
+        self.log_time, self.log_iteration = now, iteration
+        return rate
+
+
+class Bar:
+    """The progress bar (iteration, loss, rate, ETA), or nothing when hidden."""
+
+    def __init__(self, console: Console, total: int, done: int, show: bool) -> None:
+        self.progress = _progress(console) if show else None
+        self.shown = time.perf_counter()
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total, completed=done,
+                                               loss="-", rate="-")
+
+    def loss(self, value: Any) -> None:
+        if self.progress is not None and isinstance(value, float):
+            self.progress.update(self.task, loss=f"{value:.4g}")
+
+    def advance(self, iteration: int, clock: Clock, final: bool) -> None:
+        """At most four updates a second (rate and ETA from the first seconds on)."""
+        if self.progress is None:
+            return
+        now = time.perf_counter()
+        if final or now - self.shown >= 0.25:
+            self.progress.update(self.task, completed=iteration,
+                                 rate=rate_text(clock.rate(iteration)))
+            self.shown = now
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def rate_text(its_per_s: float) -> str:
+    """``12 it/s``, or ``3.4 s/it`` when slower than one iteration per second."""
+    if its_per_s >= 1:
+        return f"{its_per_s:.0f} it/s"
+    return f"{1 / its_per_s:.2g} s/it" if its_per_s > 0 else "- it/s"
+
+
+# ----------------------------------------------------------------------------- meta.json
 def run_meta(exp: Experiment, command: list[str], path_info: dict[str, Any]) -> dict[str, Any]:
     """meta.json of a new run."""
     return {
@@ -210,222 +448,6 @@ def run_meta(exp: Experiment, command: list[str], path_info: dict[str, Any]) -> 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def rate_text(its_per_s: float) -> str:
-    """``12 it/s``, or ``3.4 s/it`` when slower than one iteration per second."""
-    if its_per_s >= 1:
-        return f"{its_per_s:.0f} it/s"
-    return f"{1 / its_per_s:.2g} s/it" if its_per_s > 0 else "- it/s"
-
-
-def _params_finite(algo: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in algo.parameters())
-
-
-def train(exp: Experiment, run: RunDir, path: Path, *, stop: StopSignals,
-          resume: dict[str, Any] | None = None, console: Console | None = None,
-          show_progress: bool = True, tensorboard: Any = None) -> Outcome:
-    """Meta-train ``exp`` into ``run`` along batching ``path``, from scratch or from
-    the ``last.pt`` state ``resume``. The run directory's config and meta.json
-    exist already; this writes metrics, checkpoints and the final status.
-
-    In a distributed run (``exp.algo.sync``) every rank runs this loop on its share of
-    each meta-batch; rank 0 alone writes, and what ends the loop is agreed on by all."""
-    console = console or Console(stderr=True)
-    cfg, t = exp.cfg, exp.cfg.train
-    algo, device, dtype = exp.algo, exp.device, exp.dtype
-    sync: Sync = algo.sync
-    main = sync.main
-    n_tasks = sync.split(cfg.algorithm.meta_batch)
-    own_seed = distributed.rank_seed(cfg.seed, sync.rank)
-    optimizer = algo.configure_optimizer()
-    scheduler = algo.configure_scheduler(optimizer, t.iterations)
-    generator = torch.Generator().manual_seed(own_seed)
-    window = Window()
-    it, elapsed_before, best = 0, 0.0, math.inf
-    if resume is not None:
-        algo.load_state_dict(resume["algorithm"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None and resume.get("scheduler") is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        rngs = resume.get("rng_ranks")
-        checkpoint.restore_rng(rngs[sync.rank] if rngs else resume["rng"], generator)
-        tr = resume["trainer"]
-        window.load_state_dict(tr["window"])
-        it, elapsed_before = int(resume["iteration"]), float(tr["elapsed"])
-        best = math.inf if tr["best_val_score"] is None else float(tr["best_val_score"])
-    else:  # torch is seeded when the network is built; Python's and NumPy's RNGs here
-        random.seed(own_seed)
-        np.random.seed(own_seed % 2**32)
-        if sync.rank > 0:  # the network is the same on every rank; the rest is its own
-            torch.manual_seed(own_seed)
-    val_chunks = validation_tasks(exp)
-    config_dict = cfg.to_dict()
-
-    def state(iteration: int, elapsed: float, rngs: list[Any]) -> dict[str, Any]:
-        out = {
-            "iteration": iteration, "config": config_dict, "algorithm": algo.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "rng": rngs[0],
-            "trainer": {"elapsed": elapsed, "best_val_score": None if math.isinf(best) else best,
-                        "window": window.state_dict(), "path": path},
-        }
-        if sync.active:
-            out["rng_ranks"] = rngs
-            out["trainer"]["world_size"] = sync.world
-        return out
-
-    saved = it if resume is not None else None
-
-    def save_last(iteration: int, elapsed: float) -> None:
-        nonlocal saved
-        rngs = sync.gather(checkpoint.rng_state(generator))  # every rank's streams
-        saved = iteration
-        if not main:
-            return
-        run.save_checkpoint("last", state(iteration, elapsed, rngs))
-        if t.keep_checkpoints:
-            run.keep_checkpoint(iteration, t.keep_checkpoints)
-        run.update_meta(iteration=iteration, checkpoint_iteration=iteration,
-                        train_seconds=round(elapsed, 3))
-
-    status, exit_code, message = "failed", 1, ""
-    failure: dict[str, Any] | None = None
-    stop_agreed = False
-    start = time.perf_counter()
-    last_log_time, last_log_iter = start, it
-    first_it, bar_time = it, start
-    progress = _progress(console) if show_progress and main else None
-    bar = None
-    try:
-        if progress:
-            progress.start()
-            bar = progress.add_task("train", total=t.iterations, completed=it, loss="-",
-                                    rate="-")
-        if resume is None:
-            save_last(0, 0.0)  # a run stopped before its first checkpoint resumes from here
-        while True:
-            if stop_agreed or (stop.requested and not sync.active):
-                status = "interrupted"
-                save_last(it, elapsed_before + time.perf_counter() - start)
-                exit_code = SIGNAL_EXIT.get(stop.signum, 130) if stop.signum else 130
-                message = (f"interrupted at iteration {it}; last.pt saved\n"
-                           f"resume: {resume_command(run, sync)}")
-                break
-            if it >= t.iterations:
-                status, exit_code = "completed", 0
-                break
-            it += 1
-            batch = exp.source.sample(n_tasks, generator, "train")
-            logged = it % t.log_every == 0 or it == t.iterations
-            metrics = algo.meta_step(batch.to(device, dtype), path,
-                                     TrainProgress(it, t.iterations, logged), optimizer)
-            if scheduler is not None:
-                scheduler.step()
-            elapsed = elapsed_before + time.perf_counter() - start
-            timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
-            if sync.active:  # the meta-batch's metrics, and what stops the run, agreed on
-                keys = sorted(metrics)
-                values, (stop_agreed, timed_out) = sync.mean(
-                    [metrics[k] for k in keys], [stop.requested, timed_out and main])
-                metrics = dict(zip(keys, values, strict=True))
-            loss = metrics.get("loss")
-            if loss is not None and not math.isfinite(loss.item()):
-                status = "diverged"
-                message = (f"training diverged at iteration {it}: the training loss is "
-                           f"{loss.item()}; kept the last good checkpoint (iteration {saved})")
-                break
-            window.add(metrics)
-            final = it == t.iterations or timed_out
-
-            row: dict[str, Any] = {}
-            if it % t.log_every == 0 or final:
-                now = time.perf_counter()
-                row.update(window.flush())
-                row["meta_lr"] = optimizer.param_groups[0]["lr"]
-                row["its_per_s"] = (it - last_log_iter) / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_iter = now, it
-            if val_chunks and (it % t.val_every == 0 or final):
-                val = validate(exp, val_chunks, path, sync)
-                row.update(val)
-                score = val["val_loss_median" if t.select == "median" else "val_loss"]
-                if score is not None and math.isfinite(score) and score < best:
-                    best = score
-                    if main:
-                        run.save_checkpoint("best", {"iteration": it, "config": config_dict,
-                                                     "algorithm": algo.state_dict(),
-                                                     "val_score": best, "selected_by": t.select})
-            if row and main:
-                row = {"iteration": it, "time": round(elapsed, 3), **row}
-                run.append_metrics(row)
-                if tensorboard is not None:
-                    tensorboard.log(row)
-                if progress and isinstance(row.get("loss"), float):
-                    progress.update(bar, loss=f"{row['loss']:.4g}")
-            if it % t.checkpoint_every == 0 or final:
-                if not _params_finite(algo):
-                    status = "diverged"
-                    message = (f"training diverged at iteration {it}: the parameters are not "
-                               f"finite; kept the last good checkpoint (iteration {saved})")
-                    break
-                save_last(it, elapsed_before + time.perf_counter() - start)
-            if progress:
-                now = time.perf_counter()
-                if final or now - bar_time >= 0.25:  # rate and ETA from the first seconds
-                    progress.update(bar, completed=it,
-                                    rate=rate_text((it - first_it) / max(now - start, 1e-9)))
-                    bar_time = now
-            if timed_out:
-                status, exit_code = "stopped at train.max_seconds", 0
-                break
-    except FewshotError as e:
-        message = str(e)
-        raise
-    except Exception as e:
-        if not sync.active:
-            raise
-        # A rank raised, died or stopped answering: leave the last checkpoint as it is.
-        failure = _failure(sync, e)
-        message = (f"distributed training failed at iteration {it}: {failure['text']}; "
-                   f"kept the last checkpoint (iteration {saved})")
-        raise DistributedError(message) from None
-    finally:
-        if progress:
-            progress.stop()
-        if tensorboard is not None:
-            tensorboard.close()
-        fields: dict[str, Any] = {
-            "status": status, "ended": _now(),
-            "wall_seconds": round(time.perf_counter() - start, 3),
-            "best_val": None if math.isinf(best) else {"statistic": t.select, "value": best}}
-        if failure is not None:
-            fields["failure"] = {k: v for k, v in failure.items() if k != "text"}
-        if status != "diverged":
-            fields["iteration"] = it
-        meta: dict[str, Any] = {}
-        if main:
-            try:
-                meta = run.update_meta(**fields)
-            except (OSError, RunDirError):
-                meta = {**run.read_meta(), **fields}
-    return Outcome(status, it, exit_code, message, meta)
 
 
 def resume_command(run: RunDir, sync: Sync) -> str:

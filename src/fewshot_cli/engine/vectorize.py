@@ -27,21 +27,21 @@ import json
 import math
 import os
 import time
-from pathlib import Path as PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..algorithms import PATHS, Algorithm, Path, Progress
+from ..algorithms import VECTORIZE, Algorithm, TrainingProgress, Vectorize
 from ..errors import ConfigError, FewshotError
 from ..files import atomic_write_text, cache_root
 from .compiled import CompileError
+from .meta_update import meta_update
 from .setup import Experiment
 
 #: ``compiled`` is timed only for a run whose fastest eager path takes this long in all: a
-#: compilation costs 30-130 s on a 2-core CPU (a few seconds from torch's warm cache), so
-#: timing one for a shorter run (the sinusoid's 70,000 iterations take ~2.5 min eager) would
-#: cost its user more than it could save.
+#: compilation takes tens of seconds to minutes on a small CPU (benchmarks/RESULTS.md), so
+#: timing one for a shorter run would cost its user more than it could save.
 MIN_COMPILE_S = 600.0
 #: Compilations a run pays for: the timed one, the other thread count's (``threads``
 #: times both) and the meta-updates with logged metrics (another graph).
@@ -65,20 +65,20 @@ def cache_key(exp: Experiment) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
-def available(algo: Algorithm) -> tuple[Path, ...]:
+def available(algo: Algorithm) -> tuple[Vectorize, ...]:
     """The paths ``algo`` can run: its available paths, ``compiled`` only along with
     ``vmap`` (it compiles that path)."""
     paths = algo.available_paths
     return tuple(p for p in paths if p != "compiled" or "vmap" in paths)
 
 
-def time_step(algo: Algorithm, batch, path: Path, device: torch.device,
+def time_step(algo: Algorithm, batch, path: Vectorize, device: torch.device,
               budget_s: float = 0.3) -> float:
-    """Seconds of one meta-update (``meta_step``), best of a few, on a throwaway copy."""
+    """Seconds of one meta-update (:func:`.meta_update`), best of a few, on a throwaway copy."""
     return time_steps(algo, batch, path, device, budget_s)[1]
 
 
-def time_steps(algo: Algorithm, batch, path: Path, device: torch.device,
+def time_steps(algo: Algorithm, batch, path: Vectorize, device: torch.device,
                budget_s: float = 0.3) -> tuple[float, float]:
     """Seconds of the first meta-update (a compilation, on the ``compiled`` path) and of
     one after it, best of a few, on a throwaway copy."""
@@ -88,7 +88,7 @@ def time_steps(algo: Algorithm, batch, path: Path, device: torch.device,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        algo.meta_step(batch, path, Progress(1, 1), optimizer)
+        meta_update(algo, batch, path, TrainingProgress(1, 1), optimizer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t
@@ -159,7 +159,7 @@ def _effective(exp: Experiment, timings: dict[str, float | None], compile_s: flo
             if v is not None}
 
 
-def read_cache(file: PathLike) -> dict[str, Any]:
+def read_cache(file: Path) -> dict[str, Any]:
     """A JSON measurement cache; {} when missing, unreadable or not an object."""
     try:
         cache = json.loads(file.read_text())
@@ -168,7 +168,7 @@ def read_cache(file: PathLike) -> dict[str, Any]:
     return cache if isinstance(cache, dict) else {}
 
 
-def write_cache(file: PathLike, cache: dict[str, Any]) -> None:
+def write_cache(file: Path, cache: dict[str, Any]) -> None:
     """Write a measurement cache; an unwritable one only costs a re-measurement."""
     try:
         atomic_write_text(file, json.dumps(cache, indent=1))
@@ -194,18 +194,29 @@ def _cached(cache: Any, key: str, paths: tuple[str, ...]) -> dict[str, float | N
     return None
 
 
-def choose(exp: Experiment, requested: str) -> tuple[Path, dict[str, Any]]:
-    """The batching path to use and how it was decided (recorded in meta.json)."""
+def recorded(meta: dict[str, Any]) -> str | None:
+    """The path a run's meta.json records (``vectorize.path``; older run directories call
+    it ``vectorize.mode``), or None."""
+    record = meta.get("vectorize")
+    if not isinstance(record, dict):
+        return None
+    value = record.get("path", record.get("mode"))
+    return value if value in VECTORIZE else None
+
+
+def choose(exp: Experiment, requested: str) -> tuple[Vectorize, dict[str, Any]]:
+    """The batching path to use and how it was decided (meta.json's ``vectorize``: the
+    ``path`` chosen for the ``requested`` ``train.vectorize``)."""
     paths = available(exp.algo)
-    if requested in PATHS:
+    if requested in VECTORIZE:
         if requested not in paths:
             raise ConfigError(
                 f"train.vectorize: {requested} is not available for algorithm "
                 f"{exp.cfg.algorithm.kind} with a {exp.cfg.model.kind} network; "
                 f"expected one of {', '.join(paths)} or auto")
-        return requested, {"requested": requested, "mode": requested}  # type: ignore[return-value]
+        return requested, {"requested": requested, "path": requested}  # type: ignore[return-value]
     if len(paths) == 1:
-        return paths[0], {"requested": "auto", "mode": paths[0], "source": "only path"}
+        return paths[0], {"requested": "auto", "path": paths[0], "source": "only path"}
     file = cache_root() / "vectorize.json"
     key = cache_key(exp)
     cache = read_cache(file)
@@ -223,10 +234,10 @@ def choose(exp: Experiment, requested: str) -> tuple[Path, dict[str, Any]]:
         compile_s = entry.get(COMPILE_KEY)
         timings = {k: v for k, v in entry.items() if k != COMPILE_KEY}
     effective = _effective(exp, timings, compile_s)
-    mode: Path = min(effective, key=lambda p: effective[p])  # type: ignore[assignment]
-    info = {"requested": "auto", "mode": mode, "source": source,
+    path: Vectorize = min(effective, key=lambda p: effective[p])  # type: ignore[assignment]
+    info = {"requested": "auto", "path": path, "source": source,
             "seconds_per_step": {k: None if v is None else round(v, 6)
                                  for k, v in timings.items()}}
     if compile_s is not None:
         info["compile_seconds"] = round(compile_s, 3)
-    return mode, info
+    return path, info

@@ -18,7 +18,7 @@ every batch norm layer one set of weights and biases and/or of running statistic
 inner step; :meth:`Conv4.norm_step` hands step s's set to ``functional_call`` (a batch
 norm layer given running statistics normalises with them instead of the batch's), and
 ``return_stats`` reports the batch statistics the running ones are updated from. Until
-``per_step_norm`` is called the network's parameters, state and outputs are as before.
+``per_step_norm`` is called the network is a plain conv4 (no per-step sets).
 """
 
 from __future__ import annotations
@@ -271,11 +271,10 @@ class Conv4(nn.Module):
 
     #: The most bytes the first block's output of one group of tasks takes in
     #: :meth:`forward_tasks`. glibc maps every block over 32 MiB afresh and unmaps it when
-    #: freed, so activations of all tasks at once (120 MB for 32 Omniglot tasks with 15
-    #: queries per class) page-fault back in on every pass: 360k faults and +60% time per
-    #: meta-iteration there; in groups of 8 MiB, none of that (and 1 query per class is one
-    #: group). CPU only: on a GPU the groups only multiplied the kernel launches (H100,
-    #: 15 queries: 98 ms per meta-iteration in 16 groups).
+    #: freed, so the activations of all tasks at once would page-fault back in on every
+    #: pass; groups below that size avoid it (one query per class is one group). CPU only:
+    #: on a GPU the groups would only multiply the kernel launches. Measurements:
+    #: benchmarks/RESULTS.md.
     task_group_bytes: int = 8 * 2**20
 
     def _task_group(self, x: torch.Tensor) -> int:
