@@ -110,3 +110,120 @@ def make_image_folder(
                 Image.fromarray(pixels).save(folder / f"img_{i}.{ext}")
             k += 1
     return root
+
+
+def write_miniimagenet(
+    root: Path, labels: dict[str, list[str]], per_class: int = 2, size: int = 16,
+) -> dict[str, list[str]]:
+    """``root/images/*.jpg`` + ``{split}.csv`` for the given class labels per split
+    (e.g. the real WordNet ids), ``per_class`` images each, colours cycling ``COLOURS``."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    k = 0
+    for split, wnids in labels.items():
+        rows = []
+        for wnid in wnids:
+            colour = np.array(COLOURS[k % len(COLOURS)], dtype=np.uint8)
+            pixels = np.broadcast_to(colour, (size, size, 3)).copy()
+            for i in range(per_class):
+                name = f"{wnid}{i + 1:08d}.jpg"
+                Image.fromarray(pixels).save(root / "images" / name, quality=95)
+                rows.append((name, wnid))
+            k += 1
+        with open(root / f"{split}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["filename", "label"])
+            writer.writerows(rows)
+    return labels
+
+
+def make_ravi_miniimagenet(root: Path, per_class: int = 2, size: int = 16) -> dict[str, list[str]]:
+    """A copy named like Ravi & Larochelle's split (its 64/16/20 WordNet ids) but with
+    only ``per_class`` tiny images per class instead of 600."""
+    from fewshot_cli.tasks.reference import ravi_split
+
+    labels = {split: list(names) for split, names in ravi_split().classes.items()}
+    return write_miniimagenet(root, labels, per_class, size)
+
+
+def mini_pixels(class_index: int, image_index: int, size: int = 84) -> np.ndarray:
+    """A distinct ``uint8 [size, size, 3]`` image: a class colour with a gradient and a
+    bright square whose place encodes ``image_index``."""
+    colour = np.array(COLOURS[class_index % len(COLOURS)], dtype=np.int32)
+    ramp = np.linspace(0, 40, size, dtype=np.int32)[None, :, None]
+    img = np.clip(colour[None, None, :] // 2 + ramp, 0, 255).astype(np.uint8)
+    img = np.broadcast_to(img, (size, size, 3)).copy()
+    cell = max(size // 8, 1)
+    r, c = divmod(image_index % 64, 8)
+    img[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = 250
+    return img
+
+
+def make_miniimagenet_pickles(
+    root: Path, classes: dict[str, list[str]], per_class: int = 3, size: int = 84,
+    protocol: int = 4, py2: bool = False,
+) -> dict[str, dict[str, object]]:
+    """``root/mini-imagenet-cache-{split}.pkl``: ``{"image_data": uint8 [N, size, size, 3],
+    "class_dict": {wnid: [indices]}}`` with images from :func:`mini_pixels` (classes
+    interleaved, so class_dict's indices are not contiguous). ``py2`` writes them as
+    Python 2 did (byte strings as str, ``numpy.core`` paths, protocol 2). Returns the dicts."""
+    import io
+    import pickle
+    import struct
+
+    class Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+        """Byte strings and str as Python 2's ``str`` (BINSTRING)."""
+
+        dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+
+        def save_raw(self, obj: bytes | str) -> None:
+            raw = obj.encode("latin1") if isinstance(obj, str) else obj
+            if len(raw) < 256:
+                self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+            else:
+                self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+            self.memoize(obj)
+
+        dispatch[bytes] = save_raw
+        dispatch[str] = save_raw
+
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, dict[str, object]] = {}
+    k0 = 0
+    for split, wnids in classes.items():
+        n = len(wnids) * per_class
+        images = np.empty((n, size, size, 3), dtype=np.uint8)
+        class_dict: dict[str, list[int]] = {w: [] for w in wnids}
+        for i in range(per_class):
+            for c, wnid in enumerate(wnids):
+                index = i * len(wnids) + c
+                images[index] = mini_pixels(k0 + c, i, size)
+                class_dict[wnid].append(index)
+        k0 += len(wnids)
+        data = {"image_data": images, "class_dict": class_dict}
+        path = root / f"mini-imagenet-cache-{split}.pkl"
+        if py2:
+            buf = io.BytesIO()
+            Py2Pickler(buf, protocol=2).dump(data)
+            path.write_bytes(buf.getvalue().replace(b"numpy._core.", b"numpy.core."))
+        else:
+            path.write_bytes(pickle.dumps(data, protocol=protocol))
+        out[split] = data
+    return out
+
+
+def write_omniglot_characters(
+    root: Path, characters: dict[str, list[str]], drawers: int = 2, size: int = 28,
+) -> Path:
+    """``root/<set_name>/<Alphabet>/<characterNN>/<id>_<nn>.png`` for named characters
+    (``Alphabet/characterNN``) per set (``images_background``, ``images_evaluation``)."""
+    char_id = 1
+    for set_name, names in characters.items():
+        (root / set_name).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            folder = root / set_name / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for d in range(drawers):
+                img = Image.fromarray(glyph(char_id * 100 + d, size, cell=4)).convert("1")
+                img.save(folder / f"{char_id:04d}_{d + 1:02d}.png")
+            char_id += 1
+    return root

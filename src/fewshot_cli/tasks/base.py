@@ -8,7 +8,7 @@ leading dimension is the task. All randomness comes from a caller-owned
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -88,4 +88,9 @@ class TaskSource(Protocol):
         ``shots`` and ``queries`` override the configured support and query
         sizes (per class for classification, points per task for regression).
         """
+        ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data the tasks are drawn from (meta.json's
+        ``provenance.data``; ``fewshot train --resume`` compares it)."""
         ...

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..errors import DataError
 from .base import Split, TaskBatch
+from .fingerprint import classes_record
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
@@ -155,10 +157,12 @@ class EpisodicTasks:
         queries: int,
         name: str = "images",
         missing: Mapping[str, str] | None = None,
+        files: Mapping[str, Any] | None = None,
     ) -> None:
         if not splits:
             raise ValueError("at least one split is needed")
         self.name = name
+        self._files = dict(files) if files is not None else None
         self.ways = ways
         self.shots = shots
         self.queries = queries
@@ -191,6 +195,15 @@ class EpisodicTasks:
         parts = [f"{s} {self._tables[s].n_classes}" for s in self.splits]
         c, h, w = self.input_shape
         return f"{self.name}: {', '.join(parts)} classes; images {c}x{h}x{w}"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data (meta.json's ``provenance.data``): each split's class
+        list and, where the builder gave it, the files read (:mod:`.fingerprint`)."""
+        out: dict[str, Any] = {"kind": self.name, "splits": {
+            s: classes_record(self._tables[s].data.class_names) for s in self.splits}}
+        if self._files is not None:
+            out["files"] = self._files
+        return out
 
     @property
     def image_bytes(self) -> int:

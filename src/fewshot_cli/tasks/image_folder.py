@@ -14,6 +14,7 @@ from pathlib import Path
 from ..config import ImageFolderTask
 from ..errors import DataError
 from .episodic import SPLITS, EpisodicTasks, SplitData, check_classes
+from .fingerprint import files_record
 from .image_cache import Preprocess, list_images, list_subfolders, load_image_set
 
 REQUIRED = ("train", "test")
@@ -42,12 +43,14 @@ def build(cfg: ImageFolderTask) -> EpisodicTasks:
             if split in REQUIRED:
                 raise DataError(message)
             missing[split] = message + " (val/ is optional, but validation tasks were requested)"
+    every = []
     for split in SPLITS:
         folder = root / split
         if split in missing:
             continue
         class_dirs = list_subfolders(folder)
         classes = [(d.name, list_images(d)) for d in class_dirs]
+        every += [(f"{split}/{name}", files) for name, files in classes]
         check_classes(
             str(folder), [str(d) for d in class_dirs], [len(f) for _, f in classes],
             cfg.ways, cfg.shots, cfg.queries,
@@ -64,5 +67,5 @@ def build(cfg: ImageFolderTask) -> EpisodicTasks:
         )
     return EpisodicTasks(
         splits, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, name="image_folder",
-        missing=missing,
+        missing=missing, files=files_record(root, every),
     )

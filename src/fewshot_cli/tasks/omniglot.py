@@ -23,22 +23,36 @@ Splits (``task.split``):
     Lake et al.'s split: ``images_background`` for training minus
     ``val_classes`` characters (chosen with ``split_seed``) for validation,
     ``images_evaluation`` for testing; ``train_classes`` is unused.
+``vinyals``
+    The fixed split of Vinyals et al. (2016) as published with the Prototypical
+    Networks code (https://github.com/jakesnell/prototypical-networks,
+    ``data/omniglot/splits/vinyals/{train,val,test}.txt``, shipped in
+    ``splits/omniglot_vinyals.json``): 1028 train, 172 val and 423 test characters
+    (train + val = the 1200 training characters), drawn from both folders as the
+    lists say; ``train_classes``, ``val_classes`` and ``split_seed`` are unused.
 
 With ``rotations`` each training character also yields its rotations by 90,
 180 and 270 degrees as new classes (Santoro et al. 2016; Finn et al. 2017), so
 the maml train split has 4 x 1100 = 4400 classes; val and test are unrotated.
+The vinyals split is the exception: its published lists hold every character of
+every split in its four rotations, so with ``rotations`` val and test are
+rotated too (4112, 688 and 1692 classes, the lists' lines in their order), and
+without it they are the 1028, 172 and 423 characters.
 """
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import OmniglotTask
 from ..errors import ConfigError, DataError
+from . import reference
 from .episodic import EpisodicTasks, SplitData
+from .fingerprint import files_record
 from .image_cache import (
     ImageSet,
     Preprocess,
@@ -121,8 +135,9 @@ def scan(folder: Path) -> tuple[list[tuple[str, list]], list[str], list[str]]:
     return classes, names, paths
 
 
-def load(cfg: OmniglotTask) -> tuple[ImageSet, list[str], list[str], int]:
-    """Decoded Omniglot (cached): the image set, class names, folders, # background classes."""
+def load(cfg: OmniglotTask) -> tuple[ImageSet, list[str], list[str], int, dict[str, Any]]:
+    """Decoded Omniglot (cached): the image set, class names, folders, # background classes,
+    and the record of the files read (:func:`.fingerprint.files_record`)."""
     folder = locate(cfg.root, cfg.download)
     classes, names, paths = scan(folder)
     if not classes:
@@ -130,7 +145,7 @@ def load(cfg: OmniglotTask) -> tuple[ImageSet, list[str], list[str], int]:
     n_background = sum(1 for key, _ in classes if key.startswith(BACKGROUND + "/"))
     prep = Preprocess(image_size=cfg.image_size, mode="1", invert=True, resample="lanczos")
     data = load_image_set(folder, classes, prep, cache_dir=cfg.cache_dir, tag="omniglot")
-    return data, names, paths, n_background
+    return data, names, paths, n_background, files_record(folder, classes)
 
 
 def split_classes(
@@ -138,6 +153,8 @@ def split_classes(
 ) -> dict[str, list[int]]:
     """Character indices (into ``names``, scan order) of the train/val/test splits."""
     n = len(names)
+    if cfg.split == "vinyals":
+        return vinyals_classes(names, cfg.root)
     g = torch.Generator().manual_seed(cfg.split_seed)
     if cfg.split == "maml":
         if not cfg.val_classes < cfg.train_classes < n:
@@ -167,13 +184,36 @@ def split_classes(
     }
 
 
+def vinyals_classes(names: list[str], root: str | Path) -> dict[str, list[int]]:
+    """Indices into ``names`` of the characters of Vinyals et al.'s split, in the
+    published lists' order; DataError naming the first missing character."""
+    index = {name: i for i, name in enumerate(names)}
+    ref = reference.vinyals_split()
+    out = {}
+    for split, chars in ref.characters.items():
+        missing = [c for c in chars if c not in index]
+        if missing:
+            others = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(
+                f"{root}: expected the {len(chars)} {split} characters of the vinyals split "
+                f"({ref.source}), found no {missing[0]}{others}"
+            )
+        out[split] = [index[c] for c in chars]
+    return out
+
+
+def rotated(cfg: OmniglotTask, split: str) -> bool:
+    """Whether ``split``'s characters come in four rotations (module docstring)."""
+    return bool(cfg.rotations) and (split == "train" or cfg.split == "vinyals")
+
+
 def build(cfg: OmniglotTask) -> EpisodicTasks:
     """Omniglot tasks configured by ``cfg`` (see the module docstring)."""
-    data, names, paths, n_background = load(cfg)
+    data, names, paths, n_background, files = load(cfg)
     per_class = data.class_indices()
     splits = {}
     for split, chars in split_classes(cfg, names, n_background).items():
-        turns = (0, 1, 2, 3) if cfg.rotations and split == "train" else (0,)
+        turns = (0, 1, 2, 3) if rotated(cfg, split) else (0,)
         members = [(c, r) for c in chars for r in turns]
         splits[split] = SplitData(
             images=data.images,
@@ -185,5 +225,6 @@ def build(cfg: OmniglotTask) -> EpisodicTasks:
             if len(turns) > 1 else None,
         )
     return EpisodicTasks(
-        splits, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, name="omniglot"
+        splits, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, name="omniglot",
+        files=files,
     )

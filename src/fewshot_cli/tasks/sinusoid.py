@@ -13,10 +13,13 @@ transformation (or nothing at all). The query set holds the task's true curve.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..config import SinusoidTask
 from .base import Split, TaskBatch
+from .fingerprint import digest
 
 #: Points of the probe grid over ``x_range`` (function-space errors at evaluation).
 PROBE_POINTS = 200
@@ -42,6 +45,11 @@ class SinusoidTasks:
         #: Features of one support "label" as adaptation sees it (0: the demonstration
         #: shows inputs alone).
         self.observation_dim = 0 if demo is not None and not demo.observe else 1
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The task distribution is its settings: their digest."""
+        settings = self.cfg.model_dump(mode="json")
+        return {"kind": "sinusoid", "sha256": digest(settings)}
 
     def sample(
         self,
