@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,6 +40,7 @@ from image_fixtures import make_image_folder
 from typer.testing import CliRunner
 
 from fewshot_cli.cli import app
+from fewshot_cli.engine import checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SINE = CONFIGS / "sine-maml.yaml"
@@ -599,14 +601,17 @@ def test_full_disk_during_training(what: str, tmp_path: Path,
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    if what == "checkpoint":
-        real_save = torch.save
+    if what == "checkpoint":  # the checkpoint's bytes cannot be written to the disk
+        real_write = checkpoint.atomic_write
 
-        def save(obj: object, f: object, *a: object, **k: object) -> None:
-            full()
-            real_save(obj, f, *a, **k)
+        def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+            def failing(f: Any) -> None:
+                full()
+                write(f)
 
-        monkeypatch.setattr(torch, "save", save)
+            real_write(path, failing)
+
+        monkeypatch.setattr(checkpoint, "atomic_write", atomic_write)
     else:
         real_open = io.open
 

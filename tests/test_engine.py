@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +333,7 @@ def sine_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     from fewshot_cli.engine.tensorboard import TensorBoardLog
 
     train(exp, run, "vmap", stop=StopSignals(), show_progress=False,
-          tensorboard=TensorBoardLog(run.path / "tensorboard"))
+          tensorboard=TensorBoardLog(run.path / "tensorboard", config=cfg.to_dict()))
     run.in_memory = exp  # type: ignore[attr-defined]
     return run
 
@@ -363,6 +364,35 @@ def test_tensorboard_event_files_mirror_the_metrics(sine_run: RunDir) -> None:
     tags = acc.Tags()["scalars"]
     assert {"loss", "inner_loss/0", "val_loss"} <= set(tags)
     assert [e.step for e in acc.Scalars("loss")] == [10, 20, 30]
+
+
+def test_tensorboard_hparams_hold_the_config_and_the_evaluation(sine_run: RunDir,
+                                                                 tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    from fewshot_cli.engine.tensorboard import HPARAM_METRICS, log_evaluation
+
+    folder = sine_run.path / "tensorboard"
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    session = HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["algorithm.kind"].string_value == "maml"
+    assert hparams["algorithm.inner_lr"].number_value == pytest.approx(0.01)
+    assert hparams["train.iterations"].number_value == 30
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
+    result = {"settings": {"shots": 10}, "per_step": [
+        {"step": 0, "loss": {"mean": 3.0}}, {"step": 1, "loss": {"mean": 1.5}}]}
+    copy = tmp_path / "tb"
+    shutil.copytree(folder, copy)
+    log_evaluation(copy, [result], 30)
+    acc = EventAccumulator(str(copy))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("eval/loss")] == [(30, 1.5)]
+    assert acc.Scalars("eval/10shot/loss/step0")[0].value == 3.0
 
 
 def test_a_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path: Path) -> None:

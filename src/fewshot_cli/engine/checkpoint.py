@@ -17,6 +17,7 @@ Format 1 (the first release: no config, no trainer state) is still read for
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import zipfile
@@ -33,9 +34,15 @@ FORMAT = 2
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (an earlier file survives any failure)."""
+    """Write ``state`` to ``path`` atomically (an earlier file survives any failure).
+
+    The checkpoint is serialised in memory first, so that a failing disk (full, read-only,
+    gone) surfaces as the ``OSError`` of writing bytes, with its cause, rather than as
+    ``torch.save``'s ``RuntimeError`` from inside its zip writer."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
     try:
-        atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     except OSError as e:
         raise RunDirError(f"{path}: cannot write checkpoint ({e.strerror or e}); "
                           "the previous checkpoint is kept") from None

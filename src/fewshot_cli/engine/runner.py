@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 from rich.console import Console
 
+from .. import provenance
 from ..algorithms import Vectorize
 from ..config import Config, apply_overrides, parse_override, validate
 from ..errors import AgreedError, ConfigError, FewshotError, RunDirError
@@ -98,7 +99,14 @@ def resume(path: Path, overrides: list[str], *, console: Console,
         path, meta = _resumed_path(exp, state, meta, console, sync)
         dist_meta = _distributed_meta(exp, sync)
         if sync.main:
-            _mark_resumed(run, cfg, meta, done, status, overrides, dist_meta)
+            data = trainer.data_fingerprint(exp)
+            changed = provenance.data_changes((meta.get("provenance") or {}).get("data"), data)
+            if changed:
+                console.print(f"warning: {run.path}: the data differs from what the run was "
+                              f"trained on ({'; '.join(changed[:3])}); resuming anyway, "
+                              "recorded in meta.json", highlight=False, soft_wrap=True)
+            _mark_resumed(run, cfg, meta, done, status, overrides, dist_meta,
+                          data if changed else None)
             console.print(f"resuming [bold]{run.path}[/] at iteration {done} (was {status})",
                           highlight=False)
         return run, _train(exp, run, path, stop, console, show_progress, state)
@@ -154,7 +162,8 @@ def _tensorboard(cfg: Config, run: RunDir, purge_step: int | None) -> Any:
         return None
     from .tensorboard import TensorBoardLog
 
-    return TensorBoardLog(run.path / "tensorboard", purge_step)
+    return TensorBoardLog(run.path / "tensorboard", purge_step,
+                          config=cfg.to_dict() if purge_step is None else None)
 
 
 def _build_on_every_rank(cfg: Config, sync: Sync, device: torch.device | None) -> Experiment:
@@ -196,17 +205,21 @@ def _resumed_path(exp: Experiment, state: dict[str, Any] | None, meta: dict[str,
 
 
 def _mark_resumed(run: RunDir, cfg: Config, meta: dict[str, Any], done: int, status: str,
-                  overrides: list[str], dist_meta: dict[str, Any] | None) -> None:
+                  overrides: list[str], dist_meta: dict[str, Any] | None,
+                  new_data: dict[str, Any] | None) -> None:
     """meta.json (and, with overrides, config.yaml) of a run about to continue, its
-    metrics cut back to the checkpoint's iteration."""
+    metrics cut back to the checkpoint's iteration; ``new_data``: the data's fingerprint
+    where it changed (kept in the ``resumed`` entry)."""
     run.truncate_metrics(done)
     if overrides:
         run.write_config(cfg)
     history = meta.get("resumed") if isinstance(meta.get("resumed"), list) else []
-    meta.update(status="running", pid=os.getpid(), iteration=done,
-                resumed=[*history, {"iteration": done, "previous_status": status,
-                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "command": list(sys.argv)}])
+    entry = {"iteration": done, "previous_status": status,
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv),
+             "git": provenance.git_state()}
+    if new_data is not None:
+        entry["data"] = new_data
+    meta.update(status="running", pid=os.getpid(), iteration=done, resumed=[*history, entry])
     meta.pop("ended", None)
     meta.pop("failure", None)
     if dist_meta is not None:
@@ -267,10 +280,14 @@ def choose_path_and_threads(exp: Experiment, console: Console, requested: int | 
     the thread count for that path; both recorded in meta.json's ``vectorize``."""
     requested = requested or exp.cfg.train.threads
     threads.apply(requested or 1)
-    with console.status("choosing how to batch tasks (timing each path once)...",
-                        spinner="line"):
-        path, info = vectorize.choose(exp, exp.cfg.train.vectorize)
-        n, info["threads"] = threads.choose(exp, path, requested, vectorize.cache_key(exp))
+
+    def announce(what: str) -> None:  # one line, shown with or without a progress bar
+        console.print(f"{what}...", highlight=False, soft_wrap=True)
+
+    with console.status("choosing how to batch tasks...", spinner="line"):
+        path, info = vectorize.choose(exp, exp.cfg.train.vectorize, announce)
+        n, info["threads"] = threads.choose(exp, path, requested, vectorize.cache_key(exp),
+                                            announce)
     return path, info
 
 

@@ -36,7 +36,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .. import __version__
+from .. import __version__, provenance
 from ..algorithms import TrainingProgress, Vectorize
 from ..errors import DistributedError, FewshotError, RunDirError
 from ..rundir import RunDir
@@ -423,6 +423,12 @@ def rate_text(its_per_s: float) -> str:
 
 
 # ----------------------------------------------------------------------------- meta.json
+def data_fingerprint(exp: Experiment) -> dict[str, Any] | None:
+    """The task source's ``fingerprint()`` (None for a source without one)."""
+    fingerprint = getattr(exp.source, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None
+
+
 def run_meta(exp: Experiment, command: list[str], path_info: dict[str, Any]) -> dict[str, Any]:
     """meta.json of a new run."""
     return {
@@ -439,6 +445,7 @@ def run_meta(exp: Experiment, command: list[str], path_info: dict[str, Any]) -> 
         "task": exp.cfg.task.kind,
         "command": command,
         "vectorize": path_info,
+        "provenance": provenance.record(exp.cfg.to_dict(), data_fingerprint(exp)),
         "status": "running",
         "pid": os.getpid(),
         "started": _now(),

@@ -12,12 +12,13 @@ answer in a small cache keyed by everything that could change it.
 
 ``compiled`` (algorithms that declare it, and can run ``vmap``: it compiles that
 path's whole meta-gradient, see :mod:`.compiled`) costs a compilation first, of
-several seconds to a minute. ``auto`` therefore times it only where the run is long
-enough to repay one (the fastest eager path would take :data:`MIN_COMPILE_S` for the
-whole run), times the first call (the compilation) apart from the steady steps, and
-charges the run :data:`COMPILES_PER_RUN` such compilations spread over its
-iterations: it wins when ``seconds + COMPILES_PER_RUN * compile_s / iterations`` is
-the lowest. A compilation that fails there leaves ``compiled`` unavailable.
+several seconds to minutes. ``auto`` therefore times it only where the run is long
+enough to repay one (the fastest eager path would train :data:`MIN_COMPILE_S`, counting
+the run's real budget: ``train.max_seconds`` where set, else ``train.iterations``), times
+the first call (the compilation) apart from the steady steps, and charges the run
+:data:`COMPILES_PER_RUN` such compilations: spread over its iterations, or taken out of
+its time budget (:func:`_effective`). A compilation that fails there leaves
+``compiled`` unavailable.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,12 @@ from .compiled import CompileError
 from .meta_update import meta_update
 from .setup import Experiment
 
-#: ``compiled`` is timed only for a run whose fastest eager path takes this long in all: a
-#: compilation takes tens of seconds to minutes on a small CPU (benchmarks/RESULTS.md), so
-#: timing one for a shorter run would cost its user more than it could save.
-MIN_COMPILE_S = 600.0
+#: ``compiled`` is timed only for a run whose fastest eager path would train this long
+#: (its iterations, or its ``train.max_seconds`` where that is shorter): a run pays for
+#: :data:`COMPILES_PER_RUN` compilations, of tens of seconds to minutes each on a small CPU
+#: (benchmarks/RESULTS.md), so timing one for a shorter run would cost its user more than
+#: it could save.
+MIN_COMPILE_S = 1200.0
 #: Compilations a run pays for: the timed one, the other thread count's (``threads``
 #: times both) and the meta-updates with logged metrics (another graph).
 COMPILES_PER_RUN = 3
@@ -145,18 +149,38 @@ def measure_paths(exp: Experiment) -> tuple[dict[str, float | None], float | Non
     return timings, compile_s
 
 
+def run_seconds(exp: Experiment, seconds_per_step: float) -> float:
+    """How long the run would train at ``seconds_per_step``: its ``train.iterations``, cut
+    at ``train.max_seconds`` where that is set (the run's real budget)."""
+    total = seconds_per_step * exp.cfg.train.iterations
+    limit = exp.cfg.train.max_seconds
+    return total if limit is None else min(total, limit)
+
+
 def _worth_compiling(exp: Experiment, eager: dict[str, float | None]) -> bool:
-    """Whether the fastest eager path would take :data:`MIN_COMPILE_S` for the whole run."""
+    """Whether the fastest eager path would train for :data:`MIN_COMPILE_S` or more."""
     best = min((v for v in eager.values() if v is not None), default=None)
-    return best is None or best * exp.cfg.train.iterations >= MIN_COMPILE_S
+    return best is None or run_seconds(exp, best) >= MIN_COMPILE_S
 
 
 def _effective(exp: Experiment, timings: dict[str, float | None], compile_s: float | None
                ) -> dict[str, float]:
-    """Seconds per meta-update with the compilations spread over the run's iterations."""
-    spread = COMPILES_PER_RUN * (compile_s or 0.0) / exp.cfg.train.iterations
-    return {p: v + (spread if p == "compiled" else 0.0) for p, v in timings.items()
-            if v is not None}
+    """Seconds per meta-update with the compilations charged to the run: spread over its
+    iterations, or, under ``train.max_seconds``, as the time they take from its budget
+    (the compiled path then runs fewer iterations in the same time)."""
+    compiling = COMPILES_PER_RUN * (compile_s or 0.0)
+    out = {}
+    for p, v in timings.items():
+        if v is None:
+            continue
+        if p == "compiled" and compiling:
+            limit = exp.cfg.train.max_seconds
+            if limit is not None and v * exp.cfg.train.iterations + compiling > limit:
+                v = math.inf if compiling >= limit else v * limit / (limit - compiling)
+            else:
+                v += compiling / exp.cfg.train.iterations
+        out[p] = v
+    return out
 
 
 def read_cache(file: Path) -> dict[str, Any]:
@@ -204,7 +228,8 @@ def recorded(meta: dict[str, Any]) -> str | None:
     return value if value in VECTORIZE else None
 
 
-def choose(exp: Experiment, requested: str) -> tuple[Vectorize, dict[str, Any]]:
+def choose(exp: Experiment, requested: str, announce: Callable[[str], None] | None = None
+           ) -> tuple[Vectorize, dict[str, Any]]:
     """The batching path to use and how it was decided (meta.json's ``vectorize``: the
     ``path`` chosen for the ``requested`` ``train.vectorize``)."""
     paths = available(exp.algo)
@@ -226,6 +251,11 @@ def choose(exp: Experiment, requested: str) -> tuple[Vectorize, dict[str, Any]]:
         entry = None  # compiled was not timed for a shorter run; this one may repay it
     source = "cached measurement"
     if entry is None:
+        if announce is not None:
+            compiled = (f"; compiled only for a run of {MIN_COMPILE_S / 60:g} minutes or more, "
+                        "after a compilation" if "compiled" in paths else "")
+            announce(f"timing one meta-update along each batching path "
+                     f"({', '.join(paths)}{compiled})")
         timings, compile_s = measure_paths(exp)
         source = "measured"
         cache[key] = {**timings, COMPILE_KEY: compile_s} if "compiled" in timings else timings
