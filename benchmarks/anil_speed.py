@@ -8,7 +8,7 @@ that saves. Both algorithms are built from their configs (``configs/omniglot-5w1
 32, 1 query per class), with the same initial weights, on one batch of random images (no data
 set needed), for every inner-step count in ``--steps`` and batching path in ``--paths``.
 
-One meta-iteration is ``algo.meta_step`` (meta-loss, backward, Adam step) on an iteration
+One meta-iteration is the engine's ``meta_update`` (meta-loss, backward, Adam step) on an iteration
 that is not logged. Every configuration runs in this one process and they alternate (the
 order rotates every round), so a change in machine load hits all alike; each row reports
 the median and range over ``--iterations`` rounds after one warm-up round, and ``others``
@@ -27,19 +27,18 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-import results_md  # benchmarks/ is the script's folder
+import common
 import torch
-from conv4_speed import busy_jiffies, random_batch
+from conv4_speed import random_batch
 
 from fewshot_cli import algorithms, models
-from fewshot_cli.algorithms import Algorithm, Progress
+from fewshot_cli.algorithms import Algorithm, TrainingProgress
 from fewshot_cli.config import load_config, validate
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 KINDS = {"maml": "omniglot-5w1s-maml.yaml", "anil": "omniglot-5w1s-anil.yaml"}
 
 
@@ -47,7 +46,7 @@ class Case:
     """One algorithm at one inner-step count along one path, with its own optimiser."""
 
     def __init__(self, kind: str, steps: int, path: str, args: argparse.Namespace) -> None:
-        data = load_config(CONFIGS / KINDS[kind]).to_dict()
+        data = load_config(common.CONFIGS / KINDS[kind]).to_dict()
         data["algorithm"].update(inner_steps=steps, first_order=args.first_order)
         if args.meta_batch:
             data["algorithm"]["meta_batch"] = args.meta_batch
@@ -71,23 +70,17 @@ class Case:
             ways=t.ways, shots=t.shots, queries=t.queries), dtype, args.device)
         self.done = 0
 
-    def sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     def step(self) -> tuple[float, float]:
         """One meta-iteration: wall seconds and the cores others kept busy meanwhile."""
         self.done += 1
-        self.sync()
-        j0, c0, t0 = busy_jiffies(), time.process_time(), time.perf_counter()
-        self.algo.meta_step(self.batch, self.path, Progress(self.done, 10**6, logged=False),
+        common.sync(self.device)
+        b0, c0, t0 = common.busy_seconds(), time.process_time(), time.perf_counter()
+        meta_update(self.algo, self.batch, self.path,
+                    TrainingProgress(self.done, 10**6, logged=False),
                             self.optimizer)
-        self.sync()
-        wall, cpu, j1 = time.perf_counter() - t0, time.process_time() - c0, busy_jiffies()
-        others = float("nan")
-        if j0 is not None and j1 is not None:
-            others = max(0.0, (j1 - j0) / os.sysconf("SC_CLK_TCK") - cpu) / wall
-        return wall, others
+        common.sync(self.device)
+        wall, cpu, b1 = time.perf_counter() - t0, time.process_time() - c0, common.busy_seconds()
+        return wall, common.others_busy_cores(b0, b1, cpu, wall)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,12 +91,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--meta-batch", type=int, default=None, help="default: the configs' (32)")
     p.add_argument("--filters", type=int, default=None, help="default: the configs' (64)")
     p.add_argument("--first-order", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    common.add_threads_option(p)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write-results", action="store_true",
-                   help="append the table to benchmarks/RESULTS.md")
+    common.add_write_results_option(p)
     args = p.parse_args(argv)
     args.steps = [int(s) for s in args.steps.split(",") if s.strip()]
     args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
@@ -119,11 +111,11 @@ def report(args: argparse.Namespace, cases: list[Case], times: dict[int, list[fl
     lines = [
         "### ANIL against MAML: seconds per meta-iteration, Omniglot 5-way 1-shot shapes",
         "",
-        f"`{' '.join(['python benchmarks/anil_speed.py', *args.argv])}`",
+        f"`{common.command_line(__file__, args.argv)}`",
         "",
         f"conv4 from the configs ({first.algo.model.head.in_features} features), meta-batch "
         f"{first.meta_batch} of random 28x28 images, 1 support and 1 query image per class, "
-        f"{'first' if args.first_order else 'second'} order, {args.dtype}; meta_step "
+        f"{'first' if args.first_order else 'second'} order, {args.dtype}; meta_update "
         f"(meta-loss, backward, Adam) on a non-logged iteration; {args.iterations} rounds "
         f"after one warm-up, all cases alternating in one process. {machine(args)}; other "
         f"processes kept {statistics.fmean(others):.2f} cores busy on average.",
@@ -152,8 +144,7 @@ def machine(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     cases = [Case(kind, steps, path, args) for steps in args.steps for path in args.paths
              for kind in KINDS]
     for case in cases:  # warm-up: first calls build kernels and caches
@@ -162,16 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     others: list[float] = []
     order = list(range(len(cases)))
     for r in range(args.iterations):
-        shift = r % len(order)
-        for i in order[shift:] + order[:shift]:
+        for i in common.rotated(order, r):
             wall, busy = cases[i].step()
             times[i].append(wall)
             if busy == busy:  # not NaN
                 others.append(busy)
-    text = report(args, cases, times, others or [float("nan")])
-    print(text)
-    if args.write_results:
-        results_md.append(text)
+    common.publish(report(args, cases, times, others or [float("nan")]), args.write_results)
 
 
 if __name__ == "__main__":

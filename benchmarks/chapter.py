@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from pathlib import Path
 
-import results_md  # benchmarks/ is the script's folder
 import torch
+from common import add_write_results_option, command_line, publish
 
 from fewshot_cli.engine.evaluator import load_experiment, summarize
 from fewshot_cli.rundir import RunDir
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def per_phase(run: RunDir, which: str, tasks: int) -> tuple[int, dict[float, list[dict]]]:
@@ -41,10 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--tasks", type=int, default=600)
-    ap.add_argument("--write-results", action="store_true")
+    add_write_results_option(ap)
     args = ap.parse_args()
     lines = [f"## The textbook exercise (sine-chapter), {time.strftime('%Y-%m-%d')}", "",
-             f"Command: `python benchmarks/chapter.py {' '.join(args.runs)}`; {args.tasks} test "
+             f"Command: `{command_line(__file__, args.runs)}`; {args.tasks} test "
              "tasks of the evaluation seed, 100 query points each; test L1 mean ± 95% CI.", "",
              "| config | checkpoint (iteration) | phase | tasks | L1 before adaptation | "
              "L1 after the steps | training time |",
@@ -62,10 +59,7 @@ def main() -> None:
                     f"{name} | {before['n']} | {before['mean']:.3f} ± {before['ci95']:.3f} | "
                     f"{after['mean']:.3f} ± {after['ci95']:.3f} | "
                     f"{meta.get('train_seconds', meta.get('wall_seconds', '?'))} s |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write_results:
-        results_md.append(text)
+    publish("\n".join(lines) + "\n", args.write_results)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Paths:
 
-* ``loop``     -- ``map_tasks(path="loop")``: one task at a time.
+* ``loop``     -- ``map_tasks(vectorize="loop")``: one task at a time.
 * ``loop-cl``  -- the same with channels-last inputs.
-* ``vmap``     -- ``map_tasks(path="vmap")``: ``torch.func.vmap`` over tasks.
+* ``vmap``     -- ``map_tasks(vectorize="vmap")``: ``torch.func.vmap`` over tasks.
 * ``fused``    -- ``Conv4.forward_tasks``: every task's network in one grouped
   convolution per layer (task b's filters are group b), native batch norm:
   ``algo.meta_loss(batch, "fused", progress)``.
@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import add_threads_option, busy_seconds, others_busy_cores, rotated, set_threads, sync
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig
 from fewshot_cli.models import Conv4
@@ -100,16 +101,6 @@ def set_malloc(mode: str, argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
 
 
-def busy_jiffies() -> int | None:
-    """Busy CPU ticks of the whole machine so far (``None`` off Linux)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
 class Bench:
     """A model, its meta-optimiser, one meta-batch, and a timed meta-iteration per path."""
 
@@ -127,7 +118,7 @@ class Bench:
         self.batch = random_batch(args, dtype, args.device)
         self.batch_cl = channels_last(self.batch)
         self.device = args.device
-        progress = Progress(1, 1)
+        progress = TrainingProgress(1, 1)
         self.objective: dict[str, Callable[[], torch.Tensor]] = {
             "loop": lambda: self.algo.meta_loss(self.batch, "loop", progress)[0],
             "loop-cl": lambda: self.algo.meta_loss(self.batch_cl, "loop", progress)[0],
@@ -135,27 +126,20 @@ class Bench:
             "fused": lambda: self.algo.meta_loss(self.batch, "fused", progress)[0],
         }
 
-    def sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     def step(self, path: str) -> dict[str, float]:
         """One meta-iteration; wall, CPU and system seconds, faults, others' busy cores."""
-        self.sync()
-        r0, j0 = resource.getrusage(resource.RUSAGE_SELF), busy_jiffies()
+        sync(self.device)
+        r0, b0 = resource.getrusage(resource.RUSAGE_SELF), busy_seconds()
         c0, t0 = time.process_time(), time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         self.objective[path]().backward()
         self.optimizer.step()
-        self.sync()
+        sync(self.device)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        r1, j1 = resource.getrusage(resource.RUSAGE_SELF), busy_jiffies()
-        others = float("nan")
-        if j0 is not None and j1 is not None:
-            tick = os.sysconf("SC_CLK_TCK")
-            others = max(0.0, (j1 - j0) / tick - cpu) / wall
+        r1, b1 = resource.getrusage(resource.RUSAGE_SELF), busy_seconds()
         return {"wall": wall, "cpu": cpu, "sys": r1.ru_stime - r0.ru_stime,
-                "faults": r1.ru_minflt - r0.ru_minflt, "others": others}
+                "faults": r1.ru_minflt - r0.ru_minflt,
+                "others": others_busy_cores(b0, b1, cpu, wall)}
 
 
 def peak_memory(args: argparse.Namespace, path: str) -> dict[str, float]:
@@ -228,7 +212,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=10, help="timed rounds per path")
     p.add_argument("--paths", default="loop,vmap,fused",
                    help=f"comma-separated, from {', '.join(PATHS)}")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    add_threads_option(p)
     p.add_argument("--interop-threads", type=int, default=None)
     p.add_argument("--malloc", choices=["default", "no-mmap", "hugetlb", "tcmalloc"],
                    default="default", help="host allocator set-up (see set_malloc)")
@@ -250,8 +234,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     set_malloc(args.malloc, args.argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.interop_threads:
         torch.set_num_interop_threads(args.interop_threads)
     if args.peak_only:
@@ -271,8 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         warm[path] = bench.step(path)["wall"]
     times: dict[str, list[dict[str, float]]] = {p: [] for p in args.paths}
     for i in range(args.iterations):
-        order = args.paths[i % len(args.paths):] + args.paths[:i % len(args.paths)]
-        for path in order:
+        for path in rotated(args.paths, i):
             times[path].append(bench.step(path))
 
     results = {p: {**summarise(t), "warmup_s": warm[p]} for p, t in times.items()}

@@ -20,20 +20,17 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import results_md  # benchmarks/ is the script's folder
 import torch
+from common import CONFIGS, add_write_results_option, command_line, publish
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.config import load_config
 from fewshot_cli.engine.evaluator import eval_settings, evaluate_protocols
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.engine.setup import build_experiment
 from fewshot_cli.rundir import RunDir
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fmt(stat: dict, scale: float = 1.0) -> str:
@@ -96,7 +93,7 @@ def speed(rounds: int = 5, iterations: int = 150) -> list[str]:
     """Iterations per second of DAML and MAML, alternating in one process."""
     exps = {}
     for name, config in (("DAML", "sine-daml.yaml"), ("MAML (naive)", "sine-daml-naive.yaml")):
-        cfg = load_config(ROOT / "configs" / config, ["device=cpu"])
+        cfg = load_config(CONFIGS / config, ["device=cpu"])
         exp = build_experiment(cfg, torch.device("cpu"))
         exps[name] = (exp, exp.algo.configure_optimizer())
     gen = torch.Generator().manual_seed(0)
@@ -107,7 +104,8 @@ def speed(rounds: int = 5, iterations: int = 150) -> list[str]:
         for name, (exp, opt) in exps.items():
             start = time.perf_counter()
             for i, b in enumerate(batches):
-                exp.algo.meta_step(b, "vmap", Progress(i + 1, iterations, logged=False), opt)
+                meta_update(exp.algo, b, "vmap",
+                            TrainingProgress(i + 1, iterations, logged=False), opt)
             if r:  # the first round warms up
                 rates[name].append(iterations / (time.perf_counter() - start))
     med = {n: statistics.median(v) for n, v in rates.items()}
@@ -129,11 +127,11 @@ def main() -> None:
     ap.add_argument("--cross")
     ap.add_argument("--naive")
     ap.add_argument("--speed", action="store_true")
-    ap.add_argument("--write-results", action="store_true")
+    add_write_results_option(ap)
     args = ap.parse_args()
     lines = [f"## DAML ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} python "
-             f"benchmarks/daml.py {' '.join(sys.argv[1:])}`. Machine: "
+             f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
+             f"{command_line(__file__)}`. Machine: "
              f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}.", ""]
     if args.chapter:
         lines += chapter(args.chapter)
@@ -141,10 +139,7 @@ def main() -> None:
         lines += cross(args.cross, args.naive)
     if args.speed:
         lines += speed()
-    text = "\n".join(lines)
-    print(text)
-    if args.write_results:
-        results_md.append(text)
+    publish("\n".join(lines), args.write_results)
 
 
 if __name__ == "__main__":

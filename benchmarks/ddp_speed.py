@@ -2,7 +2,7 @@
 
 Run it as one process or under ``torchrun``; every process builds the config, samples its
 share of each meta-batch from its own stream and takes meta-steps exactly as the trainer
-does (``algo.meta_step`` with the engine's :class:`Sync`); nothing is written but one JSON
+does (the engine's ``meta_update`` with its :class:`Sync`); nothing is written but one JSON
 line on rank 0. Per iteration it times the whole step (between two barriers, so the slowest
 rank sets it) and, inside it, the meta-gradient all-reduce (``Sync.gradients``) apart
 from the wait for the slowest rank before it (a barrier put in front of it to measure).
@@ -32,19 +32,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from common import OMNIGLOT, add_set_option, with_omniglot_root
+from common import sync as sync_device
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.config import load_config
 from fewshot_cli.engine import distributed, runner, threads
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.engine.setup import build_experiment
-
-ROOT = Path(__file__).resolve().parents[1]
-OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT", ROOT.parent / "shared" / "data" / "omniglot"))
-
-
-def sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(config: str, overrides: list[str], tasks_per_rank: int | None, iters: int,
@@ -53,8 +48,7 @@ def measure(config: str, overrides: list[str], tasks_per_rank: int | None, iters
     sync, device = runner.join(cfg)
     if tasks_per_rank is not None:
         cfg.algorithm.meta_batch = tasks_per_rank * sync.world
-    exp = build_experiment(cfg, device)
-    exp.algo.sync = sync
+    exp = build_experiment(cfg, device, sync)
     threads.apply(cfg.train.threads or max(1, (os.cpu_count() or 1)
                                            // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     paths = exp.algo.available_paths
@@ -87,7 +81,8 @@ def measure(config: str, overrides: list[str], tasks_per_rank: int | None, iters
             dist.barrier()
         sync_device(exp.device)
         t = time.perf_counter()
-        exp.algo.meta_step(batch, path, Progress(i + 1, warmup + iters, False), optimizer)
+        meta_update(exp.algo, batch, path, TrainingProgress(i + 1, warmup + iters, False),
+                    optimizer)
         sync_device(exp.device)
         if sync.active:
             dist.barrier()
@@ -111,7 +106,7 @@ def measure(config: str, overrides: list[str], tasks_per_rank: int | None, iters
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    add_set_option(ap)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--path", default=None)
@@ -119,9 +114,8 @@ def main() -> None:
                     help="comma-separated per-rank shares to time, e.g. 32,16,8,4,2,1")
     args = ap.parse_args()
     overrides = list(args.overrides)
-    if "omniglot" in Path(args.config).name and not any(o.startswith("task.root=")
-                                                         for o in overrides):
-        overrides.append(f"task.root={OMNIGLOT}")
+    if "omniglot" in Path(args.config).name:
+        overrides = with_omniglot_root(overrides, OMNIGLOT)
     shares = ([int(s) for s in args.tasks_per_rank.split(",")] if args.tasks_per_rank
               else [None])
     for n in shares:

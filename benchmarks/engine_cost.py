@@ -37,7 +37,6 @@ import io
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -49,12 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import results_md  # benchmarks/ is the script's folder
+import common
 
-ROOT = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "ca0dd8d"
-DEFAULT_OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT",
-                                       ROOT.parent / "shared" / "data" / "omniglot"))
 CONFIG_FILES = {"sine": "configs/sine-maml.yaml", "omniglot": "configs/omniglot-5w1s-maml.yaml"}
 VERSIONS = ("old", "new")
 
@@ -114,13 +110,13 @@ class Version:
 
 
 def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True,
+    return subprocess.run(["git", "-C", str(common.ROOT), *args], check=True, capture_output=True,
                           text=True).stdout.strip()
 
 
 def extract_old(commit: str, dest: Path) -> None:
     """``src`` and ``configs`` of ``commit`` into ``dest`` (no worktree, nothing committed)."""
-    data = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "src",
+    data = subprocess.run(["git", "-C", str(common.ROOT), "archive", "--format=tar", commit, "src",
                            "configs"], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         if hasattr(tarfile, "data_filter"):
@@ -154,8 +150,7 @@ def overrides(name: str, args: argparse.Namespace) -> list[str]:
 def train(v: Version, name: str, sets: list[str], run: Path, timeout: float) -> dict[str, Any]:
     """One training run of version ``v``; its seconds per iteration and wall times."""
     argv = [sys.executable, "-m", "fewshot_cli", "train", str(v.configs / Path(
-        CONFIG_FILES[name]).name), *[x for s in sets for x in ("--set", s)],
-        "--run-dir", str(run), "--no-progress"]
+        CONFIG_FILES[name]).name), *common.set_flags(sets), "--run-dir", str(run), "--no-progress"]
     t0 = time.perf_counter()
     try:
         p = subprocess.run(argv, env=v.env, cwd=run.parent, capture_output=True, text=True,
@@ -165,11 +160,10 @@ def train(v: Version, name: str, sets: list[str], run: Path, timeout: float) -> 
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{v.name} {name} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["its_per_s"] for r in rows if "its_per_s" in r][1:]
+    rates = common.window_rates(run)
     if not rates:
         raise SystemExit(f"{v.name} {name}: fewer than two log windows; use more iterations")
-    meta = json.loads((run / "meta.json").read_text())
+    meta = common.read_json(run / "meta.json")
     return {"s_per_it": 1 / statistics.median(rates), "windows": len(rates), "wall_s": wall,
             "loop_s": meta["wall_seconds"], "iterations": meta["iteration"]}
 
@@ -249,15 +243,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sine-iterations", type=int, default=3000)
     p.add_argument("--omniglot-iterations", type=int, default=200)
     p.add_argument("--val-tasks", type=int, default=10)
-    p.add_argument("--root", type=Path, default=DEFAULT_OMNIGLOT, help="Omniglot folder")
+    p.add_argument("--root", type=Path, default=common.OMNIGLOT, help="Omniglot folder")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both [1]")
     p.add_argument("--writes", type=int, default=10, help="checkpoint writes timed per file")
     p.add_argument("--no-checkpoints", action="store_true", help="skip the checkpoint timing")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     p.add_argument("--work", type=Path, default=None, help="folder for the temporary files")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    p.add_argument("--write-results", action="store_true",
-                   help=f"append the results to {results_md.RESULTS.relative_to(ROOT)}")
+    common.add_write_results_option(p)
     p.add_argument("--checkpoint-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.names = [s.strip() for s in args.configs.split(",") if s.strip()]
@@ -273,8 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint_child:
         checkpoint_child(args.checkpoint_child, args.writes)
         return
-    if "omniglot" in args.names and not (args.root / "images_background").is_dir():
-        raise SystemExit(f"{args.root}: Omniglot not found (pass --root or set FEWSHOT_OMNIGLOT)")
+    if "omniglot" in args.names:
+        common.require_omniglot(args.root)
     old_sha = git("rev-parse", "--short", f"{args.old}^{{commit}}")
     head = git("rev-parse", "--short", "HEAD")
     dirty = bool(git("status", "--porcelain", "--", "src"))
@@ -287,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         versions = {
             "old": Version("old", tmp / "old" / "src", tmp / "old" / "configs",
                            f"commit {old_sha}"),
-            "new": Version("new", ROOT / "src", ROOT / "configs",
+            "new": Version("new", common.ROOT / "src", common.ROOT / "configs",
                            f"working tree (HEAD {head}{changes})"),
         }
         for v in versions.values():
@@ -297,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             check_import(v, timeout=120)
         for name in args.names:
             old_cfg = (versions["old"].configs / Path(CONFIG_FILES[name]).name).read_bytes()
-            new_cfg = (ROOT / CONFIG_FILES[name]).read_bytes()
+            new_cfg = (common.ROOT / CONFIG_FILES[name]).read_bytes()
             if old_cfg != new_cfg:
                 print(f"note: {CONFIG_FILES[name]} differs between the versions; each reads its "
                       "own copy", flush=True)
@@ -339,15 +332,14 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("\n".join(lines))
     if args.write_results:
-        command = "python benchmarks/engine_cost.py" + (
-            f" {shlex.join(sys.argv[1:])}" if argv is None and sys.argv[1:] else "")
+        command = common.command_line(__file__, None if argv is None else [])
         section = ["", f"## Engine cost: old engine ({old_sha}) against the new "
                    f"({time.strftime('%Y-%m-%d')})", "",
                    f"Command: `OMP_NUM_THREADS={args.threads} {command}`", "",
                    "Settings: vectorize vmap, device cpu, validation "
                    f"({args.val_tasks} tasks) only after the last iteration; sine logs every "
                    "100 iterations, Omniglot every 10.", "", *lines, ""]
-        results_md.append("\n".join(section))
+        common.append("\n".join(section))
 
 
 if __name__ == "__main__":

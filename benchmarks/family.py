@@ -27,13 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import results_md  # benchmarks/ is the script's folder
+import common
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-OMNIGLOT = os.environ.get("FEWSHOT_OMNIGLOT", str(ROOT.parent / "shared" / "data" / "omniglot"))
 
 #: method -> (config, algorithm-section changes) per task family.
 SINE: dict[str, tuple[str, dict[str, Any]]] = {
@@ -69,7 +65,7 @@ def config_file(family: str, method: str, tmp: Path) -> Path:
     removed), written to ``tmp``."""
     table = SINE if family == "sine" else OMNIGLOT_METHODS
     name, changes = table[method]
-    data = yaml.safe_load((CONFIGS / name).read_text())
+    data = yaml.safe_load((common.CONFIGS / name).read_text())
     algo = dict(data.get("algorithm") or {})
     for k, v in changes.items():
         if v is None:
@@ -83,16 +79,14 @@ def config_file(family: str, method: str, tmp: Path) -> Path:
     return path
 
 
-def fewshot(*args: str, wait: bool = True) -> subprocess.Popen | str:
-    cmd = [sys.executable, "-m", "fewshot_cli", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"fewshot {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
-    return p.stdout
+#: Every ``fewshot`` process of this script runs on one intra-op thread.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def start_fewshot(*args: str) -> subprocess.Popen:
+    """``fewshot ARGS`` in the background, its output collected."""
+    return subprocess.Popen([sys.executable, "-m", "fewshot_cli", *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def train_all(jobs: list[tuple[str, Path, Path, float]], parallel: int) -> None:
@@ -105,12 +99,11 @@ def train_all(jobs: list[tuple[str, Path, Path, float]], parallel: int) -> None:
             sets = [f"train.max_seconds={seconds}", "train.val_every=100000000",
                     "train.checkpoint_every=100000000", "train.threads=1", "device=cpu"]
             if "omniglot" in label:
-                sets.append(f"task.root={OMNIGLOT}")
-            args = ["train", str(cfg), "--run-dir", str(run), "--no-progress"]
-            for s in sets:
-                args += ["--set", s]
+                sets.append(f"task.root={common.OMNIGLOT}")
+            args = ["train", str(cfg), "--run-dir", str(run), "--no-progress",
+                    *common.set_flags(sets)]
             print(f"training {label} for {seconds:g} s", flush=True)
-            running.append((label, fewshot(*args, wait=False)))  # type: ignore[arg-type]
+            running.append((label, start_fewshot(*args)))
         time.sleep(2)
         for item in list(running):
             label, proc = item
@@ -131,7 +124,7 @@ def main() -> None:
     ap.add_argument("--omniglot-tasks", type=int, default=600,
                     help="Omniglot test tasks (the meta-LSTM's evaluation is slow on a CPU)")
     ap.add_argument("--root", help="keep the runs here (default: a temporary folder)")
-    ap.add_argument("--write-results", action="store_true")
+    common.add_write_results_option(ap)
     args = ap.parse_args()
     parts = args.parts.split(",")
     methods = args.methods.split(",")
@@ -148,7 +141,7 @@ def main() -> None:
                              root / f"{family}-{m}", seconds))
         train_all(jobs, args.parallel)
         lines = [f"## Every algorithm on the same budget ({time.strftime('%Y-%m-%d')})", "",
-                 f"Command: `python benchmarks/family.py {' '.join(sys.argv[1:])}`. Machine: "
+                 f"Command: `{common.command_line(__file__)}`. Machine: "
                  f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
                  f"{args.parallel} trainings side by side, one thread each; "
                  f"{(time.time() - start) / 60:.0f} min in all.", ""]
@@ -157,18 +150,16 @@ def main() -> None:
                     if (root / f"{family}-{m}" / "meta.json").exists()]
             tasks = "600" if family == "sine" else str(args.omniglot_tasks)
             for run in runs:
-                fewshot("eval", str(run), "--checkpoint", "last", "--tasks", tasks,
-                        *EVAL[family])
+                common.fewshot("eval", str(run), "--checkpoint", "last", "--tasks", tasks,
+                               *EVAL[family], env=ENV, cwd=None)
             seconds = args.sine_seconds if family == "sine" else args.omniglot_seconds
-            table = fewshot("compare", *map(str, runs), "-o", str(tmp / f"{family}.png"))
+            table = common.fewshot("compare", *map(str, runs), "-o",
+                                   str(tmp / f"{family}.png"), env=ENV, cwd=None)
             lines += [f"### {family}: {seconds:g} s of training per method", "",
                       f"Evaluation: `fewshot eval RUN --checkpoint last --tasks {tasks} "
                       f"{' '.join(EVAL[family])}`; the table is `fewshot compare`'s.", "",
                       "```", str(table).rstrip(), "```", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.write_results:
-        results_md.append(text)
+    common.publish("\n".join(lines), args.write_results)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ fi
 # Sinusoid MAML speed per path on the GPU (meta-batch 25, second order).
 python3 - <<'EOF' 2>&1 | tee "$out/sine_speed.txt"
 import statistics, time, torch
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.config import load_config
 from fewshot_cli.engine.setup import build_experiment
 cfg = load_config("configs/sine-maml.yaml", ["device=cuda"])
@@ -40,7 +40,7 @@ def rate(mode, n):
     torch.cuda.synchronize(); t = time.perf_counter()
     for _ in range(n):
         b = exp.source.sample(25, gen, "train").to(exp.device)
-        loss, _ = exp.algo.meta_loss(b, mode, Progress(1, 1))
+        loss, _ = exp.algo.meta_loss(b, mode, TrainingProgress(1, 1))
         opt.zero_grad(); loss.backward(); opt.step()
     torch.cuda.synchronize(); return n / (time.perf_counter() - t)
 for m in ("vmap", "loop"):

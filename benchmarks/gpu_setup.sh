@@ -1,6 +1,6 @@
-# Sourced by the GPU session scripts (benchmarks/*_gpu.sh, gpu_family.sh): run from the source
-# tree, unpack the Omniglot tarball given as OMNIGLOT_TGZ, and record the GPU. Sets $out (the
-# script's first argument, created) and $root (the unpacked Omniglot folder).
+# Sourced by the GPU session scripts (selection_gpu.sh, gpu_family.sh, gpu_perf.sh): run from
+# the source tree, unpack the Omniglot tarball given as OMNIGLOT_TGZ, and record the GPU. Sets
+# $out (the script's first argument, created) and $root (the unpacked Omniglot folder).
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${1:?output folder}
 mkdir -p "$out"

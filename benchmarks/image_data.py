@@ -19,14 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import OMNIGLOT, add_threads_option, require_omniglot, set_threads
 
 from fewshot_cli.config import OmniglotTask
 from fewshot_cli.tasks import omniglot
-
-DEFAULT_ROOT = Path(
-    os.environ.get("FEWSHOT_OMNIGLOT")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
-)
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:  # noqa: ANN001
@@ -41,14 +37,12 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:  # noqa: ANN001
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="Omniglot folder")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--root", type=Path, default=OMNIGLOT, help="Omniglot folder")
+    add_threads_option(ap)
     ap.add_argument("--batches", type=int, default=300, help="meta-batches timed per setting")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not (args.root / "images_background").is_dir():
-        raise SystemExit(f"{args.root}: Omniglot not found (pass --root or set FEWSHOT_OMNIGLOT)")
+    set_threads(args.threads)
+    require_omniglot(args.root)
 
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as cache:

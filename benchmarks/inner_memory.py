@@ -2,7 +2,7 @@
 steps, with and without ``algorithm.checkpoint_inner_steps`` (and, with ``--autocast
 off,bf16``, under ``train.autocast: bf16`` too).
 
-One meta-iteration is ``MAML.meta_step``: the inner loops, the outer loss, its backward
+One meta-iteration is the engine's ``meta_update``: the inner loops, the outer loss, its backward
 pass and an Adam step, on random data shaped like mini-ImageNet 5-way 1-shot (3x84x84
 images, 15 queries per class, meta-batch 4, conv4 with 32 filters; no dataset needed).
 
@@ -41,10 +41,12 @@ import time
 from typing import Any
 
 import torch
+from common import add_threads_option, sync
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import Settings, TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import MAMLConfig
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.models import Conv4
 from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
@@ -65,7 +67,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--meta-batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    add_threads_option(p, default=1, help="CPU threads")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -93,9 +95,9 @@ def measure(args: argparse.Namespace, device: torch.device, steps: int, checkpoi
     shape = (3, args.size, args.size)
     cfg = MAMLConfig(loss="cross_entropy", inner_lr=0.01, inner_steps=steps,
                      meta_batch=args.meta_batch, checkpoint_inner_steps=checkpoint)
+    settings = Settings(autocast=torch.bfloat16 if autocast == "bf16" else None)
     algo = MAML(Conv4(shape, args.ways, filters=args.filters), cfg,
-                TaskShape("classification", shape, args.ways)).to(device)
-    algo.autocast_dtype = torch.bfloat16 if autocast == "bf16" else None
+                TaskShape("classification", shape, args.ways), settings).to(device)
     gen = torch.Generator().manual_seed(1)
 
     def images(k: int) -> torch.Tensor:
@@ -110,12 +112,10 @@ def measure(args: argparse.Namespace, device: torch.device, steps: int, checkpoi
     cuda = device.type == "cuda"
 
     def iteration() -> float:
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
-        algo.meta_step(batch, args.path, Progress(1, 1), optimizer)
-        if cuda:
-            torch.cuda.synchronize(device)
+        meta_update(algo, batch, args.path, TrainingProgress(1, 1), optimizer)
+        sync(device)
         return time.perf_counter() - start
 
     iteration()  # warm-up (also creates Adam's state and torch's lazily built kernels)

@@ -41,22 +41,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import results_md  # benchmarks/ is the script's folder
+import common
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT",
-                                       ROOT.parent / "shared" / "data" / "omniglot"))
 #: Metrics keys that measure the machine, not the computation.
 TIMING_KEYS = ("time", "its_per_s")
 MIN_KILL_S = 0.5
 
 PRESETS: dict[str, tuple[Path, list[str]]] = {
-    "sine": (ROOT / "configs" / "sine-maml.yaml", [
+    "sine": (common.CONFIGS / "sine-maml.yaml", [
         "train.iterations=2000", "train.log_every=50", "train.val_every=500",
         "train.val_tasks=20", "train.checkpoint_every=100", "train.vectorize=vmap",
     ]),
-    "omniglot": (ROOT / "configs" / "omniglot-5w1s-maml.yaml", [
+    "omniglot": (common.CONFIGS / "omniglot-5w1s-maml.yaml", [
         "train.iterations=300", "algorithm.meta_batch=8", "train.log_every=10",
         "train.val_every=100", "train.val_tasks=20", "train.checkpoint_every=25",
         "train.vectorize=vmap",
@@ -76,7 +73,7 @@ class Children:
         with log.open("ab") as out:
             out.write(f"$ fewshot {shlex.join(args)}\n".encode())
             out.flush()
-            proc = subprocess.Popen([sys.executable, "-m", "fewshot_cli", *args], cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "fewshot_cli", *args], cwd=common.ROOT,
                                     env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.live.add(proc)
@@ -310,10 +307,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="sine",
                    help=f"a preset ({', '.join(PRESETS)}) or a config file [sine]")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override, after the preset's (repeatable)")
+    common.add_set_option(p, help="extra config override, after the preset's (repeatable)")
     p.add_argument("--iterations", type=int, default=None, help="override train.iterations")
-    p.add_argument("--root", type=Path, default=DEFAULT_OMNIGLOT,
+    p.add_argument("--root", type=Path, default=common.OMNIGLOT,
                    help="Omniglot folder (omniglot preset) [../shared/data/omniglot]")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--rekills", type=int, choices=(0, 1), default=1,
@@ -325,8 +321,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds any one process may run [10x the reference, at least 120]")
     p.add_argument("--work", type=Path, default=None, help="folder for the temporary runs")
     p.add_argument("--keep", action="store_true", help="keep the run directories")
-    p.add_argument("--write-results", action="store_true",
-                   help=f"append the results to {results_md.RESULTS.relative_to(ROOT)}")
+    common.add_write_results_option(p)
     args = p.parse_args(argv)
     if args.trials < 1:
         p.error("--trials must be at least 1")
@@ -338,17 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.config in PRESETS:
         config, sets = PRESETS[args.config][0], list(PRESETS[args.config][1])
         if args.config == "omniglot":
-            root = args.root.resolve()
-            if not (root / "images_background").is_dir():
-                raise SystemExit(f"{root}: Omniglot not found (pass --root or set "
-                                 "FEWSHOT_OMNIGLOT)")
+            root = common.require_omniglot(args.root.resolve())
             sets.insert(0, f"task.root={root}")
     else:
         config, sets = Path(args.config).resolve(), []
     if args.iterations:
         sets.append(f"train.iterations={args.iterations}")
     sets += [f"device={args.device}", *args.overrides]
-    train_args = ["train", str(config), *[x for s in sets for x in ("--set", s)], "--no-progress"]
+    train_args = ["train", str(config), *common.set_flags(sets), "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     children = Children(env)
     if args.work:
@@ -417,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(summary)
     if args.write_results:
-        command = "python benchmarks/kill_resume.py" + (
-            f" {shlex.join(sys.argv[1:])}" if argv is None and sys.argv[1:] else "")
+        command = common.command_line(__file__, None if argv is None else [])
         section = [
             "", f"## Kill and resume: {config.name} ({time.strftime('%Y-%m-%d')})", "",
             f"Command: `OMP_NUM_THREADS={args.threads} {command}`", "",
@@ -432,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             "\"logged it.\" is the last metrics.jsonl row before the kill.", "",
             *lines, "", f"**{summary}.**", "",
         ]
-        results_md.append("\n".join(section))
+        common.append("\n".join(section))
     return 0 if same == len(trials) else 1
 
 

@@ -43,40 +43,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import results_md  # benchmarks/ is the script's folder
+import common
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT", ROOT.parent / "shared" / "data" / "omniglot"))
 SPEED_CONFIGS = ("omniglot-5w1s-meta-lstm.yaml", "omniglot-5w1s-maml.yaml")
 PARTS = ("speed", "sine", "omniglot", "miniimagenet")
 
 
 # ----------------------------------------------------------------------------- helpers
-def fewshot(*args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", "fewshot_cli", *args], cwd=ROOT,
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"fewshot {' '.join(args)} failed:\n{p.stderr[-3000:]}")
-    return p.stdout
-
-
-def sets(overrides: list[str]) -> list[str]:
-    return [x for o in overrides for x in ("--set", o)]
-
-
 def train(config: Path, run: Path, seconds: float, overrides: list[str]) -> dict[str, Any]:
     """Train ``config`` into ``run`` for ``seconds`` of training time; returns meta.json."""
-    fewshot("train", str(config), "--run-dir", str(run), "--no-progress",
-            *sets([f"train.max_seconds={seconds}", *overrides]))
+    common.fewshot("train", str(config), "--run-dir", str(run), "--no-progress",
+                   *common.set_flags([f"train.max_seconds={seconds}", *overrides]))
     return json.loads((run / "meta.json").read_text())
 
 
 def evaluate(run: Path, *args: str) -> list[dict[str, Any]]:
     """``fewshot eval RUN ARGS``; the entries of eval.json with this call's protocol (the
     run's and its references'; the benchmark's runs are fresh, each protocol run once)."""
-    fewshot("eval", str(run), *args)
+    common.fewshot("eval", str(run), *args)
     data = json.loads((run / "eval.json").read_text())
     latest = data["settings"]
     keys = ("tasks", "steps", "shots", "queries", "seed", "query_batch")
@@ -110,11 +95,12 @@ def speed_one(config: str, path: str, iterations: int, device: str) -> dict[str,
     """In this (fresh) process: meta-iteration times and peak memory of ``config`` on
     random images of its shapes, along ``path``."""
     from fewshot_cli import algorithms, models
-    from fewshot_cli.algorithms import Progress
+    from fewshot_cli.algorithms import TrainingProgress
     from fewshot_cli.config import load_config
+    from fewshot_cli.engine.meta_update import meta_update
     from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
-    cfg = load_config(CONFIGS / config)
+    cfg = load_config(common.CONFIGS / config)
     t = cfg.task
     shape = TaskShape("classification", (1 if t.kind == "omniglot" else 3, t.image_size,
                                          t.image_size), t.ways)
@@ -136,12 +122,10 @@ def speed_one(config: str, path: str, iterations: int, device: str) -> dict[str,
         torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(iterations + 1):
-        if cuda:
-            torch.cuda.synchronize()
+        common.sync(device)
         start = time.perf_counter()
-        algo.meta_step(batch, path, Progress(1, 1), optimizer)
-        if cuda:
-            torch.cuda.synchronize()
+        meta_update(algo, batch, path, TrainingProgress(1, 1), optimizer)
+        common.sync(device)
         if i:  # the first is a warm-up
             times.append(time.perf_counter() - start)
     return {"times": times, "meta_batch": b, "inner_steps": cfg.algorithm.inner_steps,
@@ -163,12 +147,12 @@ def speed(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     best: dict[str, float] = {}
     for config in SPEED_CONFIGS:
-        cfg = load_config(CONFIGS / config)
+        cfg = load_config(common.CONFIGS / config)
         for path in algorithms.algorithm_class(cfg.algorithm.kind).paths:
             p = subprocess.run([sys.executable, __file__, "--speed-one", config, path,
                                 "--speed-iterations", str(args.speed_iterations),
                                 "--device", args.device], capture_output=True, text=True,
-                               cwd=ROOT)
+                               cwd=common.ROOT)
             if p.returncode != 0:
                 lines.append(f"| {config} | {path} | failed: "
                              f"{p.stderr.strip().splitlines()[-1][:120]} | | | | |")
@@ -190,14 +174,14 @@ def sine(args: argparse.Namespace) -> list[str]:
     work = args.work / f"sine-{time.strftime('%Y%m%d-%H%M%S')}"
     seconds = args.minutes * 60
     lstm_run = work / "meta-lstm"
-    meta = train(CONFIGS / "sine-meta-lstm.yaml", lstm_run, seconds,
+    meta = train(common.CONFIGS / "sine-meta-lstm.yaml", lstm_run, seconds,
                  [f"device={args.device}", *args.overrides])
     if args.sine_maml:
         maml_run, maml_meta = Path(args.sine_maml), json.loads(
             (Path(args.sine_maml) / "meta.json").read_text())
     else:
         maml_run = work / "maml"
-        maml_meta = train(CONFIGS / "sine-maml.yaml", maml_run, seconds,
+        maml_meta = train(common.CONFIGS / "sine-maml.yaml", maml_run, seconds,
                           [f"device={args.device}", *args.maml_overrides])
     steps = 10
     protocol = ["--tasks", str(args.tasks), "--steps", str(steps), "--shots", "10",
@@ -210,7 +194,7 @@ def sine(args: argparse.Namespace) -> list[str]:
              f"{machine(args.device)}. Test: {args.tasks} tasks of the evaluation seed, 100 "
              "query points each, best.pt of each run.", "",
              f"- meta-LSTM (`configs/sine-meta-lstm.yaml`): {meta['iteration']} iterations in "
-             f"{meta.get('train_seconds', 0):.0f} s (vectorize={meta['vectorize']['mode']}); "
+             f"{meta.get('train_seconds', 0):.0f} s (vectorize={common.vectorize_path(meta)}); "
              f"best.pt from iteration {lstm['checkpoint_iteration']}.",
              f"- MAML (`configs/sine-maml.yaml`): {maml_meta['iteration']} iterations in "
              f"{maml_meta.get('train_seconds', 0):.0f} s; best.pt from iteration "
@@ -244,7 +228,7 @@ def omniglot(args: argparse.Namespace, per_iteration: dict[str, float]) -> list[
         s_it = per_iteration.get(config)
         every = max(1, int(seconds / args.val_points / s_it)) if s_it else 100
         runs[name] = work / name.lower()
-        metas[name] = train(CONFIGS / config, runs[name], seconds,
+        metas[name] = train(common.CONFIGS / config, runs[name], seconds,
                             [f"task.root={args.omniglot_root}", f"train.val_every={every}",
                              f"train.val_tasks={args.val_tasks}", f"device={args.device}",
                              *extra])
@@ -254,13 +238,12 @@ def omniglot(args: argparse.Namespace, per_iteration: dict[str, float]) -> list[
     for name, meta in metas.items():
         lines.append(f"- {name}: {meta['iteration']} iterations in "
                      f"{meta.get('train_seconds', 0):.0f} s (vectorize="
-                     f"{meta['vectorize']['mode']}).")
+                     f"{common.vectorize_path(meta)}).")
     lines += ["", "Validation accuracy against training time:", "",
               "| algorithm | iteration | seconds | val accuracy % |",
               "| --- | ---: | ---: | ---: |"]
     for name, run in runs.items():
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        val = [r for r in rows if "val_accuracy" in r]
+        val = [r for r in common.read_metrics(run) if "val_accuracy" in r]
         marks = val if len(val) <= 12 else [val[int(i * (len(val) - 1) / 11)] for i in range(12)]
         lines += [f"| {name} | {r['iteration']} | {r['time']:.0f} | "
                   f"{100 * r['val_accuracy']:.1f} |" for r in marks]
@@ -273,10 +256,10 @@ def omniglot(args: argparse.Namespace, per_iteration: dict[str, float]) -> list[
                  ("15 queries per class, per-class batches", ["--queries", "15",
                                                               "--query-batch", "per_class"])]
     for label, extra in protocols:
-        common = ["--tasks", str(args.tasks), "--checkpoint", "best", "--seed", "20170301",
-                  *extra]
-        mine = evaluate(runs["meta-LSTM"], *common)
-        maml = own(evaluate(runs["MAML"], *common))
+        eval_args = ["--tasks", str(args.tasks), "--checkpoint", "best", "--seed", "20170301",
+                     *extra]
+        mine = evaluate(runs["meta-LSTM"], *eval_args)
+        maml = own(evaluate(runs["MAML"], *eval_args))
         ref = reference(mine)
         label += (f" (steps: meta-LSTM {own(mine)['settings']['steps']}, MAML "
                   f"{maml['settings']['steps']})")
@@ -296,12 +279,12 @@ def miniimagenet(args: argparse.Namespace) -> list[str]:
     if root is None or not (root / "images").is_dir():
         return lines + [f"Not run: no data at {root} (--miniimagenet-root).", ""]
     run = args.work / f"miniimagenet-{time.strftime('%Y%m%d-%H%M%S')}"
-    meta = train(CONFIGS / "miniimagenet-5w5s-meta-lstm.yaml", run, args.minutes * 60,
+    meta = train(common.CONFIGS / "miniimagenet-5w5s-meta-lstm.yaml", run, args.minutes * 60,
                  [f"task.root={root}", f"device={args.device}", *args.overrides])
     r = own(evaluate(run, "--tasks", str(args.tasks), "--checkpoint", "best"))
     return lines + [
         f"{machine(args.device)}: {meta['iteration']} of 50,000 episodes in "
-        f"{meta.get('train_seconds', 0) / 60:.1f} min (vectorize={meta['vectorize']['mode']}); "
+        f"{meta.get('train_seconds', 0) / 60:.1f} min (vectorize={common.vectorize_path(meta)}); "
         f"best.pt from iteration {r['checkpoint_iteration']}: "
         f"{cell(r['per_step'][-1]['accuracy'], 100)}% on {args.tasks} test tasks "
         f"(15 queries per class, one batch) after {r['settings']['steps']} updates.", ""]
@@ -316,16 +299,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--speed-iterations", type=int, default=5)
     ap.add_argument("--sine-maml", default=None, help="a trained sine-maml run to reuse")
-    ap.add_argument("--omniglot-root", type=Path, default=OMNIGLOT)
+    ap.add_argument("--omniglot-root", type=Path, default=common.OMNIGLOT)
     ap.add_argument("--miniimagenet-root", type=Path, default=None)
     ap.add_argument("--val-points", type=int, default=15)
     ap.add_argument("--val-tasks", type=int, default=100)
-    ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    help="extra --set KEY=VALUE for the meta-LSTM runs")
+    common.add_set_option(ap, help="extra --set KEY=VALUE for the meta-LSTM runs")
     ap.add_argument("--maml-set", dest="maml_overrides", action="append", default=[],
-                    help="extra --set KEY=VALUE for the MAML runs")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-meta-lstm")
-    ap.add_argument("--write-results", action="store_true")
+                    metavar="KEY=VALUE", help="extra --set KEY=VALUE for the MAML runs")
+    ap.add_argument("--work", type=Path, default=common.ROOT / "runs" / "bench-meta-lstm")
+    common.add_write_results_option(ap)
     ap.add_argument("--speed-one", nargs=2, metavar=("CONFIG", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.speed_one:
@@ -336,7 +318,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from {', '.join(PARTS)}")
     lines = [f"## LSTM meta-learner, Ravi & Larochelle 2017 ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `python benchmarks/meta_lstm.py {' '.join(sys.argv[1:])}`", ""]
+             f"Command: `{common.command_line(__file__)}`", ""]
     per_iteration: dict[str, float] = {}
     if "speed" in parts:
         more, per_iteration = speed(args)
@@ -347,10 +329,7 @@ def main() -> None:
         lines += omniglot(args, per_iteration)
     if "miniimagenet" in parts:
         lines += miniimagenet(args)
-    text = "\n".join(lines)
-    print(text)
-    if args.write_results:
-        results_md.append(text)
+    common.publish("\n".join(lines), args.write_results)
 
 
 if __name__ == "__main__":

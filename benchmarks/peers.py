@@ -18,7 +18,7 @@ own Adam):
   from primitive ops, as ``F.batch_norm`` differentiates wrongly there at second order);
 * ``proj_vmap``, ``proj_loop``, ``proj_fused`` (and, not by default, ``proj_compiled``,
   whose first call compiles): the project, exactly the trainer's
-  meta-iteration: ``algo.meta_step(batch.to(device, dtype), path, progress, optimizer)`` on
+  meta-iteration: ``meta_update(algo, batch.to(device, dtype), path, progress, optimizer)`` on
   a :class:`TaskBatch` (zero_grad, inner loop, outer loss, backward, Adam step), with
   ``progress.logged`` False as on all iterations but the logged ones.
 
@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import add_threads_option, busy_seconds, rotated
 from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # xs, ys, xq, yq
@@ -232,9 +233,10 @@ def make_project(model: nn.Module, args: argparse.Namespace, optimizer_for: Opti
     (same initial weights as the peers; the gradient check reads them), driven as the
     trainer drives one meta-iteration. ``optimizer_for`` is called on the algorithm's
     parameters (the trainer's is ``algo.configure_optimizer()``: Adam, ``meta_lr``)."""
-    from fewshot_cli.algorithms import Progress
+    from fewshot_cli.algorithms import TrainingProgress
     from fewshot_cli.algorithms.maml import MAML
     from fewshot_cli.config import MAMLConfig
+    from fewshot_cli.engine.meta_update import meta_update
     from fewshot_cli.models import MLP, Conv4
     from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
@@ -262,8 +264,9 @@ def make_project(model: nn.Module, args: argparse.Namespace, optimizer_for: Opti
 
     def step(batch: Batch) -> None:
         iteration[0] += 1
-        progress = Progress(iteration[0], 10**9, logged=False)
-        algo.meta_step(TaskBatch(*batch).to("cpu", dtype), path, progress, opt)  # type: ignore[arg-type]
+        progress = TrainingProgress(iteration[0], 10**9, logged=False)
+        meta_update(algo, TaskBatch(*batch).to("cpu", dtype), path, progress,  # type: ignore[arg-type]
+                    opt)
     return step
 
 
@@ -308,13 +311,6 @@ def grad_check(base: nn.Module, args: argparse.Namespace, impls: list[str],
     return out
 
 
-def busy_seconds() -> float:
-    """CPU seconds every process on this machine has been busy so far (``/proc/stat``)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def adam(args: argparse.Namespace) -> OptimizerFor:
     return lambda params: torch.optim.Adam(params, lr=args.meta_lr)
 
@@ -333,8 +329,7 @@ def time_all(base: nn.Module, args: argparse.Namespace, impls: list[str]
         if it == args.warmup:
             busy0, own0, wall0 = busy_seconds(), time.process_time(), time.perf_counter()
         batch = draw(args, gen, torch.float32)
-        r = it % len(impls)
-        for name in impls[r:] + impls[:r]:
+        for name in rotated(impls, it):
             if args.gc:
                 gc.collect()
             t0 = time.perf_counter()
@@ -423,7 +418,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--iters", type=int, help="timed iterations; default 200 (sine) / 12")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    add_threads_option(p, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-check64", dest="check64", action="store_false",
                    help="skip the float64 gradient check (float32 is always run)")

@@ -27,12 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-import results_md  # noqa: E402 - benchmarks/ is the script's folder
+sys.path.insert(0, str(common.ROOT / "src"))
 
 from fewshot_cli.engine import checkpoint  # noqa: E402
 from fewshot_cli.engine.evaluator import divergence_summary, load_experiment  # noqa: E402
@@ -41,10 +39,9 @@ from fewshot_cli.rundir import RunDir  # noqa: E402
 
 def train(config: str, run: Path, sets: list[str], every: int) -> None:
     args = [sys.executable, "-m", "fewshot_cli", "train", config, "--run-dir", str(run),
-            "--no-progress", "--set", f"train.val_every={every}", "--set",
-            f"train.checkpoint_every={every}", "--set", "train.keep_checkpoints=100000"]
-    for s in sets:
-        args += ["--set", s]
+            "--no-progress", *common.set_flags([f"train.val_every={every}",
+                                                f"train.checkpoint_every={every}",
+                                                "train.keep_checkpoints=100000", *sets])]
     subprocess.run(args, check=True)
 
 
@@ -86,8 +83,8 @@ def device_name(device: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "sine-maml.yaml"))
-    ap.add_argument("--set", action="append", default=[], dest="sets")
+    ap.add_argument("--config", default=str(common.CONFIGS / "sine-maml.yaml"))
+    common.add_set_option(ap, dest="sets")
     ap.add_argument("--every", type=int, default=1000, help="validation/checkpoint cadence")
     ap.add_argument("--shots", default="5,10,20")
     ap.add_argument("--steps", default="1,10")
@@ -95,7 +92,7 @@ def main() -> None:
     ap.add_argument("--run", help="reuse this run directory instead of training")
     ap.add_argument("--device", default="cpu", help="cpu or cuda, for training and scoring")
     ap.add_argument("--out", help="also write the table to this file")
-    ap.add_argument("--write-results", action="store_true")
+    common.add_write_results_option(ap)
     args = ap.parse_args()
     shots = [int(x) for x in args.shots.split(",")]
     steps = [int(x) for x in args.steps.split(",")]
@@ -112,13 +109,11 @@ def main() -> None:
         last_it = max(r["iteration"] for r in rows)
         results = {name: score(run, it, shots, steps, args.tasks, args.device)
                    for name, it in picks.items()}
-    threads = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
-               if "OMP_NUM_THREADS" in os.environ else "")
     lines = [
         f"## Checkpoint selection: {Path(args.config).name} ({time.strftime('%Y-%m-%d')})", "",
-        f"Command: `{threads}python benchmarks/selection.py {' '.join(sys.argv[1:])}"
-        f"` (validation and a kept checkpoint every {args.every} iterations; test set: "
-        f"{args.tasks} tasks of the evaluation seed; loss, or for classification accuracy "
+        f"Command: `{common.omp_prefix()}{common.command_line(__file__)}` (validation and a kept "
+        f"checkpoint every {args.every} iterations; test set: {args.tasks} tasks of the "
+        "evaluation seed; loss, or for classification accuracy "
         "in %, mean ± 95% CI). Machine: "
         f"{platform.machine()}, {os.cpu_count()} cores, device {device_name(args.device)}; "
         f"{time.time() - start:.0f} s.", "",
@@ -135,7 +130,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(text)
     if args.write_results:
-        results_md.append(text)
+        common.append(text)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ rounds (every variant once per round, the order rotated each round), after a war
 * ``+fusedadam`` variants: the same with ``torch.optim.Adam(fused=True)`` (the optimiser
   the config builds is the default for-loop Adam).
 
-A meta-update is ``meta_step`` on a pre-sampled meta-batch (a ring of 16) with a
-non-logged ``Progress``, as most training iterations are. Each cell is the median over
+A meta-update is ``meta_update`` on a pre-sampled meta-batch (a ring of 16) with a
+non-logged ``TrainingProgress``, as most training iterations are. Each cell is the median over
 rounds of the per-round median. Prints a markdown table.
 
     python benchmarks/sine_floor.py                      # ~1-2 min after compilation
@@ -30,18 +30,18 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from common import CONFIGS, rotated
 
-from fewshot_cli.algorithms import Progress
+from fewshot_cli.algorithms import TrainingProgress
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import load_config
 from fewshot_cli.engine import compiled
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.engine.setup import build_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "sine-maml.yaml"
+CONFIG = CONFIGS / "sine-maml.yaml"
 
 
 class PlainLossMAML(MAML):
@@ -53,9 +53,10 @@ class PlainLossMAML(MAML):
         return super().per_task(fn, out, y, ctx)
 
 
-def make_variants(algo: MAML, cpp_wrapper: bool) -> dict[str, Callable[[object, Progress], None]]:
+def make_variants(algo: MAML, cpp_wrapper: bool
+                  ) -> dict[str, Callable[[object, TrainingProgress], None]]:
     """Variant name -> one meta-update on a batch, each with its own algorithm copy."""
-    variants: dict[str, Callable[[object, Progress], None]] = {}
+    variants: dict[str, Callable[[object, TrainingProgress], None]] = {}
 
     def add(name: str, path: str, base: MAML, fused_adam: bool = False,
             before: Callable[[], None] | None = None) -> None:
@@ -63,10 +64,10 @@ def make_variants(algo: MAML, cpp_wrapper: bool) -> dict[str, Callable[[object, 
         opt = (torch.optim.Adam(a.parameters(), lr=a.cfg.meta_lr, fused=True) if fused_adam
                else a.configure_optimizer())
 
-        def step(batch: object, progress: Progress) -> None:
+        def step(batch: object, progress: TrainingProgress) -> None:
             if before is not None:
                 before()
-            a.meta_step(batch, path, progress, opt)  # type: ignore[arg-type]
+            meta_update(a, batch, path, progress, opt)  # type: ignore[arg-type]
         variants[name] = step
 
     plain = copy.deepcopy(algo)
@@ -103,7 +104,7 @@ def main() -> None:
     exp = build_experiment(cfg, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     batches = [exp.source.sample(cfg.algorithm.meta_batch, gen, "train") for _ in range(16)]
-    progress = Progress(2, cfg.train.iterations, logged=False)
+    progress = TrainingProgress(2, cfg.train.iterations, logged=False)
     variants = make_variants(exp.algo, args.cpp_wrapper)  # type: ignore[arg-type]
 
     torch.set_num_threads(min(args.threads))
@@ -120,7 +121,7 @@ def main() -> None:
     for r in range(args.rounds):
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in rotated(names, r):
                 step = variants[name]
                 for b in batches[:4]:
                     step(b, progress)

@@ -19,38 +19,26 @@ Prints a markdown report; ``--out FILE`` also writes it there.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import CONFIGS, ROOT, fewshot, read_json, set_flags, vectorize_path
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "sine-maml.yaml"
-PRETRAIN_CONFIG = ROOT / "configs" / "sine-pretrain.yaml"
+CONFIG = CONFIGS / "sine-maml.yaml"
+PRETRAIN_CONFIG = CONFIGS / "sine-pretrain.yaml"
 SHOTS = (5, 10, 20)
 REPORT_STEPS = (0, 1, 10)
 BASELINE_LRS = (0.001, 0.003, 0.01, 0.02, 0.05)
-
-
-def fewshot(*args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", "fewshot_cli", *args], capture_output=True,
-                       text=True, cwd=ROOT)
-    if p.returncode != 0:
-        raise SystemExit(f"fewshot {' '.join(args)} failed:\n{p.stderr}")
-    return p.stdout
 
 
 def train(config: Path, run_dir: Path, iterations: int | None, *overrides: str) -> float:
     args = ["train", str(config), "--run-dir", str(run_dir)]
     if iterations:
         args += ["--set", f"train.iterations={iterations}"]
-    for o in overrides:
-        args += ["--set", o]
+    args += set_flags(overrides)
     start = time.perf_counter()
     fewshot(*args)
     return time.perf_counter() - start
@@ -62,7 +50,7 @@ def evaluate(run_dir: Path, shots: int, inner_lr: float | None = None, tasks: in
     if inner_lr is not None:
         args += ["--inner-lr", str(inner_lr)]
     fewshot(*args)
-    return json.loads((run_dir / "eval.json").read_text())
+    return read_json(run_dir / "eval.json")
 
 
 def cell(result: dict, step: int) -> str:
@@ -73,14 +61,14 @@ def cell(result: dict, step: int) -> str:
 
 def speed(iterations: int, rounds: int) -> dict[str, list[float]]:
     """Meta-iterations/s of vmap and loop, alternating rounds in this process."""
-    from fewshot_cli.algorithms import Progress
+    from fewshot_cli.algorithms import TrainingProgress
     from fewshot_cli.config import load_config
     from fewshot_cli.engine.setup import build_experiment
 
     cfg = load_config(CONFIG, ["device=cpu"])
     exp = build_experiment(cfg)
     opt = exp.algo.configure_optimizer()
-    progress = Progress(1, 1)
+    progress = TrainingProgress(1, 1)
     gen = torch.Generator().manual_seed(0)
     rates: dict[str, list[float]] = {"vmap": [], "loop": []}
 
@@ -118,7 +106,7 @@ def main() -> None:
 
     maml_wall = train(CONFIG, maml_dir, args.iterations)
     base_wall = train(PRETRAIN_CONFIG, base_dir, args.iterations)
-    maml_meta = json.loads((maml_dir / "meta.json").read_text())
+    maml_meta = read_json(maml_dir / "meta.json")
 
     lines = [
         f"### Sinusoid MAML ({time.strftime('%Y-%m-%d')}, "
@@ -131,7 +119,7 @@ def main() -> None:
         "",
         f"- `fewshot train configs/sine-maml.yaml`: {maml_meta['iteration']} iterations, "
         f"{maml_wall:.1f} s for the whole command ({maml_meta['wall_seconds']:.1f} s in the "
-        f"training loop, vectorize={maml_meta['vectorize']['mode']}); pretrained baseline "
+        f"training loop, vectorize={vectorize_path(maml_meta)}); pretrained baseline "
         f"{base_wall:.1f} s.",
         "",
         f"MSE on {args.tasks} test tasks (100 query points each), mean ± 95% CI, test step "

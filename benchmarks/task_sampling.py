@@ -13,33 +13,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import CONFIGS, OMNIGLOT, ROOT, add_set_option, sync
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from fewshot_cli import tasks  # noqa: E402
 from fewshot_cli.config import apply_overrides, load_config, validate  # noqa: E402
-
-OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT", ROOT.parent / "shared" / "data" / "omniglot"))
 
 
 def timed(source, n: int, device: torch.device, iters: int) -> tuple[list[float], object]:
     gen = torch.Generator().manual_seed(0)
     times, batch = [], None
     for i in range(iters + 5):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         batch = source.sample(n, gen, "train").to(device, torch.float32)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         if i >= 5:
             times.append(1e3 * (time.perf_counter() - start))
     return times, batch
@@ -47,10 +42,10 @@ def timed(source, n: int, device: torch.device, iters: int) -> tuple[list[float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("config", nargs="?", default=str(ROOT / "configs/omniglot-5w1s-maml-fast.yaml"))
+    ap.add_argument("config", nargs="?", default=str(CONFIGS / "omniglot-5w1s-maml-fast.yaml"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    add_set_option(ap)
     args = ap.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)

@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import results_md  # benchmarks/ is the script's folder
 import torch
+from common import CONFIGS, add_write_results_option, publish, window_rates
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "sine-maml.yaml"
+CONFIG = CONFIGS / "sine-maml.yaml"
 
 
 def run_once(tmp: Path, name: str, iterations: int, threads: int | None, busy: bool
@@ -50,17 +49,15 @@ def run_once(tmp: Path, name: str, iterations: int, threads: int | None, busy: b
         if hog is not None:
             hog.kill()
             hog.wait()
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["its_per_s"] for r in rows if "its_per_s" in r][1:]
     used = json.loads((run / "meta.json").read_text())["threads"]
-    return statistics.median(rates), used
+    return statistics.median(window_rates(run)), used
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=600)
-    ap.add_argument("--write-results", action="store_true")
+    add_write_results_option(ap)
     args = ap.parse_args()
     default = torch.get_num_threads()  # this process was started without OMP_NUM_THREADS?
     if "OMP_NUM_THREADS" in os.environ:
@@ -93,10 +90,7 @@ def main() -> None:
         busy = statistics.median(results[(label, True)])
         lines.append(f"| {label} | {used[(label, True)]} | {idle:.0f} | {busy:.0f} | "
                      f"{busy / idle:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write_results:
-        results_md.append(text)
+    publish("\n".join(lines) + "\n", args.write_results)
 
 
 if __name__ == "__main__":

@@ -50,14 +50,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import results_md  # benchmarks/ is the script's folder
+import common
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(common.ROOT / "src"))
 
 from fewshot_cli.config import Config, load_config  # noqa: E402
 
-OMNIGLOT = Path(os.environ.get("FEWSHOT_OMNIGLOT", ROOT.parent / "shared" / "data" / "omniglot"))
 STOPPED = "stopped at train.max_seconds"
 
 
@@ -69,21 +67,16 @@ def fewshot(*args: str, nproc: int = 1) -> float:
     if nproc > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                   "--nproc-per-node", str(nproc), "-m", "fewshot_cli"]
-    p = subprocess.run([*launch, *args], cwd=ROOT)
+    p = subprocess.run([*launch, *args], cwd=common.ROOT)
     if p.returncode != 0:
         raise SystemExit(f"fewshot {shlex.join(args)} failed (exit status {p.returncode})")
     return time.perf_counter() - start
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def logged_times(run: Path) -> dict[int, float]:
     """Training clock (s) at each metrics.jsonl row's iteration, before that iteration's
     validation and checkpoint."""
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return {int(r["iteration"]): float(r["time"]) for r in rows}
+    return {int(r["iteration"]): float(r["time"]) for r in common.read_metrics(run)}
 
 
 def keep_mark(run: Path, checkpoint: Path, mark: Path) -> None:
@@ -100,7 +93,7 @@ def evaluate(mark: Path, args: argparse.Namespace) -> dict[str, Any]:
     seconds = fewshot("eval", str(mark), "--checkpoint", "last", "--tasks", str(args.tasks),
                       "--queries", str(args.queries), "--steps", str(args.steps),
                       "--query-batch", args.query_batch)
-    result = read_json(mark / "eval.json")["results"][0]
+    result = common.read_json(mark / "eval.json")["results"][0]
     acc = {r["step"]: r for r in result["per_step"]}[args.steps].get("accuracy")
     if acc is None:
         raise SystemExit(f"{mark}: not a classification run (no accuracy in eval.json)")
@@ -148,11 +141,11 @@ def train_single(args: argparse.Namespace, config: Path, run: Path, sets: list[s
     every = args.checkpoint_every or (200 if on_gpu(cfg) else 10)
     log_every = math.gcd(cfg.train.log_every, every)
     fewshot("train", str(config), "--run-dir", str(run), "--no-progress",
-            *[x for s in [*sets, f"train.max_seconds={args.budget_minutes * 60}",
-                          f"train.checkpoint_every={every}", f"train.log_every={log_every}",
-                          "train.keep_checkpoints=1000000"] for x in ("--set", s)],
+            *common.set_flags([*sets, f"train.max_seconds={args.budget_minutes * 60}",
+                               f"train.checkpoint_every={every}",
+                               f"train.log_every={log_every}", "train.keep_checkpoints=1000000"]),
             nproc=args.nproc)
-    meta = read_json(run / "meta.json")
+    meta = common.read_json(run / "meta.json")
     if meta.get("status") not in (STOPPED, "completed"):
         print(f"training ended with status {meta.get('status')!r}", file=sys.stderr)
     times = {0: 0.0, **logged_times(run)}
@@ -183,10 +176,10 @@ def train_resume(args: argparse.Namespace, config: Path, run: Path, sets: list[s
         clock = f"train.max_seconds={seconds}"
         if n == 1:
             wall = fewshot("train", str(config), "--run-dir", str(run), "--no-progress",
-                           *[x for s in [*sets, clock] for x in ("--set", s)])
+                           *common.set_flags([*sets, clock]))
         else:
             wall = fewshot("train", "--resume", str(run), "--no-progress", "--set", clock)
-        meta = read_json(run / "meta.json")
+        meta = common.read_json(run / "meta.json")
         status = meta.get("status", "?")
         if status not in (STOPPED, "completed"):
             print(f"training ended with status {status!r}; no mark {n}", file=sys.stderr)
@@ -260,8 +253,7 @@ def main() -> None:
                     help="training time (the run's own clock) to spend in all")
     ap.add_argument("--marks-every-minutes", type=float, required=True,
                     help="evaluate a checkpoint after every this many minutes of training")
-    ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    metavar="KEY=VALUE", help="config override for the run (repeatable)")
+    common.add_set_option(ap, help="config override for the run (repeatable)")
     ap.add_argument("--device", default=None, help="cpu | cuda | ... (default: the config's)")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op CPU threads (default: the run measures, usually 1)")
@@ -273,7 +265,7 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                     help="single mode: keep a checkpoint every N iterations (default: 200 on "
                          "a GPU, 10 otherwise)")
-    ap.add_argument("--root", type=Path, default=OMNIGLOT,
+    ap.add_argument("--root", type=Path, default=common.OMNIGLOT,
                     help="Omniglot folder, for an omniglot config without a task.root --set "
                          "(default: $FEWSHOT_OMNIGLOT or ../shared/data/omniglot)")
     ap.add_argument("--tasks", type=int, default=600)
@@ -289,8 +281,7 @@ def main() -> None:
     ap.add_argument("--label", default=None, help="what this measurement varies (report)")
     ap.add_argument("--out", type=Path, default=None, help="append the markdown here")
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line here")
-    ap.add_argument("--write-results", action="store_true",
-                    help="append the markdown to benchmarks/RESULTS.md")
+    common.add_write_results_option(ap)
     args = ap.parse_args()
     if args.marks_every_minutes <= 0 or args.budget_minutes < args.marks_every_minutes:
         ap.error("expected 0 < --marks-every-minutes <= --budget-minutes")
@@ -305,14 +296,9 @@ def main() -> None:
         sets.append(f"train.threads={args.threads}")
     cfg = load_config(config, sets)
     if cfg.task.kind == "omniglot" and not any(s.startswith("task.root=") for s in sets):
-        if not (args.root / "images_background").is_dir():
-            raise SystemExit(f"{args.root}: Omniglot not found (pass --root or set "
-                             "FEWSHOT_OMNIGLOT)")
-        sets.insert(0, f"task.root={args.root.resolve()}")
+        sets.insert(0, f"task.root={common.require_omniglot(args.root).resolve()}")
     run = args.work / (args.name or f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    command = shlex.join(["python", "benchmarks/time_to_accuracy.py", *sys.argv[1:]])
-    if "OMP_NUM_THREADS" in os.environ:
-        command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {command}"
+    command = common.omp_prefix() + common.command_line(__file__)
     start = time.perf_counter()
     date = time.strftime("%Y-%m-%d %H:%M:%S %z")
     if args.mode == "single":
@@ -320,14 +306,14 @@ def main() -> None:
     else:
         rows = train_resume(args, config, run, sets)
 
-    meta = read_json(run / "meta.json")
+    meta = common.read_json(run / "meta.json")
     first = next((r for r in rows if r["accuracy"] is not None and r["accuracy"] >= args.target),
                  None)
     rec = {
         "label": args.label, "config": args.config.name, "overrides": args.overrides,
         "command": command, "date": date, "machine": machine(meta),
         "threads": meta.get("threads"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-        "torch": meta.get("torch"), "vectorize": (meta.get("vectorize") or {}).get("mode"),
+        "torch": meta.get("torch"), "vectorize": common.vectorize_path(meta),
         "mode": args.mode, "nproc": args.nproc, "run": str(run),
         "budget_minutes": args.budget_minutes,
         "marks_every_minutes": args.marks_every_minutes, "tasks": args.tasks,
@@ -348,7 +334,7 @@ def main() -> None:
         with args.json.open("a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
     if args.write_results:
-        results_md.append(text)
+        common.append(text)
 
 
 if __name__ == "__main__":
