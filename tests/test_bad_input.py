@@ -382,8 +382,10 @@ CASES = [
          changes=("eval.json", "eval-history.jsonl")),
     Case("plot-meta-is-a-list", on_run("plot", damage=write_file("meta.json", "[1, 2]\n")), 0,
          changes=("plots",), check=made("plots/loss.png")),
+    # the figures eval.json does not feed are still written; the one it does is an error
     Case("plot-eval-json-not-an-evaluation", on_run("plot", damage=write_file(
-        "eval.json", '{"per_step": [1], "settings": {}}\n')), 0, changes=("plots",),
+        "eval.json", '{"per_step": [1], "settings": {}}\n')), 1,
+         ("{run}/eval.json", "unreadable", "adaptation.png not drawn"), changes=("plots",),
          check=lambda c, p: (made("plots/loss.png")(c, p),
                              not_made("plots/adaptation.png")(c, p))),
     Case("vectorize-cache-garbage", vectorize_cache("{not json"), 0,

@@ -205,3 +205,21 @@ def test_time_limit_stops_cleanly(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["iteration"] == meta["iteration"] and "val_loss" in rows[-1]
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_eval_of_a_tensorboard_run_writes_its_results_there(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(CONFIG), "--run-dir", str(run),
+                            "--no-progress", "--set", "train.iterations=6",
+                            "--set", "train.val_tasks=2", "--set", "train.tensorboard=true"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", str(run), "--tasks", "4", "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    final = json.loads((run / "eval.json").read_text())["per_step"][-1]["loss"]["mean"]
+    assert [(e.step, round(e.value, 5)) for e in acc.Scalars("eval/loss")] == [
+        (6, round(final, 5))]

@@ -359,7 +359,7 @@ def test_vinyals_split_on_a_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [src.num_classes(s) for s in SPLITS] == [12, 8, 8]
     assert src.class_names("test")[4] == "Bac_B/character01"
     # Rotated classes really are rotations of their character, in val and test too.
-    data, names, _, _ = omniglot.load(cfg)
+    data, names, _, _, _ = omniglot.load(cfg)
     per_class = data.class_indices()
     b = src.sample(40, torch.Generator().manual_seed(0), "test")
     for t in range(40):
@@ -429,7 +429,8 @@ def test_datacheck_omniglot_fixture(tmp_path: Path) -> None:
            "characters as published" in lines
     assert any(line.startswith("warning: ") and "expected 20 drawings as published, found 4 "
                "(11 other characters too)" in line for line in lines)
-    assert any("30x30 1 (12); expected 105x105 1 as published" in line for line in lines)
+    assert any("12 of 30x30, PIL mode 1; expected 105x105, PIL mode 1 as published" in line
+               for line in lines)
     assert any(line.startswith("error: ") and "expected at least 5 images per class" in line
                for line in lines)
     assert lines[-1].startswith(f"omniglot at {root}: ") and "error(s)" in lines[-1]
@@ -470,10 +471,11 @@ def test_datacheck_image_folder_and_sinusoid(tmp_path: Path) -> None:
     lines = report.lines()
     assert f"info: {root / 'val'}: absent (optional; validation is not possible)" in lines
     assert f"info: {root / 'train'}: 4 classes, 3 images each" in lines
-    assert "info: train images: 4 images read (the first of each class): 20x20 RGB (4)" in lines
+    assert ("info: train images: 4 images read (the first of each class): 4 of 20x20, "
+            "PIL mode RGB") in lines
     every = datacheck.check(ImageFolderTask(root=str(root)), every_image=True).lines()
-    assert ("info: train images: 12 images read: 20x20 RGB (4), 21x20 RGB (4), 22x20 RGB (4)"
-            in every)
+    assert ("info: train images: 12 images read: 4 of 20x20, PIL mode RGB, 4 of 21x20, "
+            "PIL mode RGB, 4 of 22x20, PIL mode RGB") in every
     bad = datacheck.check(ImageFolderTask(root=str(root), ways=4, shots=1, queries=1))
     assert [line for line in bad.lines() if line.startswith("error")] == [
         f"error: {root / 'test'}: expected at least 4 classes for 4-way tasks, found 3"]

@@ -248,7 +248,7 @@ def test_omniglot_maml_split_and_rotations(omni_root: Path, tmp_path: Path) -> N
     other = omniglot.build(omni_cfg(omni_root, tmp_path, split_seed=7))
     assert other.class_names("test") != src.class_names("test")
 
-    data, names, _, _ = omniglot.load(cfg)
+    data, names, _, _, _ = omniglot.load(cfg)
     per_class = data.class_indices()
     b = src.sample(32, gen(3))
     assert set(b.support_x.unique().tolist()) <= {0.0, 1.0}  # binary strokes
@@ -488,7 +488,7 @@ def test_real_omniglot_maml_split(real_cache: Path) -> None:
     cfg = OmniglotTask(root=str(REAL_OMNIGLOT), cache_dir=str(real_cache))
     src = omniglot.build(cfg)
     assert [src.num_classes(s) for s in ("train", "val", "test")] == [4400, 100, 423]
-    data, names, _, n_background = omniglot.load(cfg)
+    data, names, _, n_background, _ = omniglot.load(cfg)
     assert data.from_cache  # the build above wrote it
     assert len(names) == 1623 and n_background == 964
     assert data.images.shape == (32460, 1, 28, 28) and data.images.dtype == torch.uint8

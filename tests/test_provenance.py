@@ -55,6 +55,10 @@ def test_a_run_records_its_config_digest_and_data(tmp_path: Path) -> None:
     assert prov["fewshot"] == meta["fewshot"]
     other = provenance.config_digest({**config, "seed": config["seed"] + 1})
     assert other != prov["config_sha256"]
+    listed = runner.invoke(app, ["ls", str(tmp_path)])
+    git = prov["git"]
+    label = "-" if git is None else git["commit"][:8] + ("+" if git["dirty"] else "")
+    assert listed.exit_code == 0 and f" {label}" in listed.output.splitlines()[1]
 
 
 def test_image_fingerprint_follows_the_files_not_the_folder(tmp_path: Path) -> None:

@@ -15,19 +15,22 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .completion import complete_config, complete_run_dir
 from .config import DEVICE_PATTERN, dump_config, load_config, quote
-from .errors import AgreedError, ConfigError, FewshotError
-from .report import compare_table, print_eval, print_runs
+from .data_commands import data_app
+from .errors import AgreedError, ConfigError, FewshotError, RunDirError
+from .report import ProtocolBars, compare_table, decode_bars, print_eval, print_runs
 from .rundir import RunDir
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     help=("Optimization-based few-shot meta-learning: MAML and MAML++, Meta-SGD, ANIL, "
           "Reptile, DAML, the LSTM meta-learner."),
 )
+app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
 
@@ -82,6 +85,21 @@ def _one_process(command: str) -> None:
         raise ConfigError(f"fewshot {command} runs in one process; start it without torchrun")
 
 
+def _check_best(run: RunDir, which: str, explicit: bool, doing: str, who: str = "") -> None:
+    """A run without best.pt: an explicit ``--checkpoint best`` is refused, naming what
+    exists; otherwise (the config's eval.checkpoint, a baseline) a warning, and last.pt."""
+    last = run.best_fallback() if which == "best" else None
+    if last is None:
+        return
+    why = (f"{run.checkpoint_path('best')} does not exist (the run has no validation split, "
+           "or has not validated yet)")
+    if explicit:
+        raise RunDirError(f"{why}; it has {last}: use --checkpoint last")
+    if _rank() == 0:
+        err.print(f"[yellow]warning:[/] {escape(who + why)}; {doing} {last} instead",
+                  highlight=False, soft_wrap=True)
+
+
 class CheckpointChoice(str, Enum):
     best = "best"
     last = "last"
@@ -96,12 +114,13 @@ class QueryBatch(str, Enum):
 def train(
     config: Annotated[Path | None, typer.Argument(
         metavar="CONFIG", help="YAML experiment config (not with --resume).",
-        show_default=False)] = None,
+        show_default=False, autocompletion=complete_config)] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE",
         help="Override a config value: section.key=value (YAML; repeatable).")] = None,
     resume: Annotated[Path | None, typer.Option(
-        metavar="RUN_DIR", help="Continue RUN_DIR from checkpoints/last.pt (exactly).")] = None,
+        metavar="RUN_DIR", help="Continue RUN_DIR from checkpoints/last.pt (exactly).",
+        autocompletion=complete_run_dir)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", metavar="", help="Print the resolved config and exit; writes nothing.")
     ] = False,
@@ -134,19 +153,24 @@ def train(
             RunDir.open(resume)  # not a run: say so before loading torch
             from .engine.runner import resume as resume_run
 
-            run, outcome = resume_run(resume, overrides, console=console,
-                                      show_progress=progress)
+            with decode_bars(err, progress and _rank() == 0):
+                run, outcome = resume_run(resume, overrides, console=console,
+                                          show_progress=progress)
         else:
             if config is None:
                 raise ConfigError("missing CONFIG (a YAML experiment config), or --resume RUN_DIR")
-            cfg = load_config(config, overrides)
+            notes: list[str] = []
+            cfg = load_config(config, overrides, notes)
+            for note in notes if _rank() == 0 else []:
+                err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
             if dry_run:
                 out.print(dump_config(cfg), end="", highlight=False, markup=False)
                 return
             from .engine.runner import start
 
-            run, outcome = start(cfg, runs_root=runs_root, run_dir=run_dir, console=console,
-                                 show_progress=progress)
+            with decode_bars(err, progress and _rank() == 0):
+                run, outcome = start(cfg, runs_root=runs_root, run_dir=run_dir,
+                                     console=console, show_progress=progress)
     except KeyboardInterrupt:
         err.print("interrupted before the run started; nothing was written", highlight=False)
         raise typer.Exit(130) from None
@@ -187,7 +211,8 @@ def _report(run, outcome) -> None:  # noqa: ANN001 - RunDir, trainer.Outcome
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(
-        metavar="RUN_DIR", help="A run directory written by `fewshot train`.")],
+        metavar="RUN_DIR", help="A run directory written by `fewshot train`.",
+        autocompletion=complete_run_dir)],
     checkpoint: Annotated[CheckpointChoice | None, typer.Option(
         help="Which checkpoint [default: the config's eval.checkpoint, last].")] = None,
     tasks: Annotated[int | None, typer.Option(
@@ -211,9 +236,11 @@ def eval_(
     baseline: Annotated[list[Path] | None, typer.Option(
         metavar="RUN_DIR", help="Also evaluate this run (e.g. the pretrained baseline) on the "
         "same tasks and protocols; its results go into the evaluated run's eval.json under "
-        "its name (repeatable).")] = None,
+        "its name (repeatable).", autocompletion=complete_run_dir)] = None,
     device: Annotated[str | None, typer.Option(
         metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = None,
+    progress: Annotated[bool, typer.Option(
+        metavar="", help="Show a progress bar over the test tasks (on a terminal).")] = True,
 ) -> None:
     """Adapt a run to new test tasks: a table on the terminal and eval.json.
 
@@ -240,13 +267,20 @@ def eval_(
             shots=k, queries=queries, seed=seed, query_batch=query_batch and query_batch.value)
             for k in (shot_list or [None])]
         table_steps = step_list if step_list and len(step_list) > 1 else None
+        _check_best(run, protocols[0].checkpoint, checkpoint is not None, "evaluating")
+        for b in baselines:
+            _check_best(b, protocols[0].checkpoint, False, "evaluating", f"--baseline {b.path}: ")
         if _world() > 1:  # under torchrun: the test tasks split over the processes
             from .engine.runner import join
 
             sync, rank_device = join(cfg, device)
             device = None if rank_device is None else str(rank_device)
-        results = evaluate_protocols(run, protocols, device, inner_lr, baselines, table_steps,
-                                     sync)
+        show = progress and _rank() == 0
+        rows = [(f"eval K={p.shots or cfg.task.shots}" if len(protocols) > 1 else "eval",
+                 p.tasks) for p in protocols]
+        with decode_bars(err, show), ProtocolBars(err, show, rows) as bars:
+            results = evaluate_protocols(run, protocols, device, inner_lr, baselines,
+                                         table_steps, sync, bars)
     except FewshotError as e:
         raise _fail(e) from None
     finally:
@@ -264,6 +298,21 @@ def eval_(
                   f"({e.strerror or e})", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     err.print(f"wrote {run.eval_path}", highlight=False)
+    if cfg.train.tensorboard:
+        _tensorboard_eval(run, results)
+
+
+def _tensorboard_eval(run: RunDir, results: list[dict]) -> None:
+    """A run trained with ``train.tensorboard`` gets its evaluation in its event files too
+    (the HParams view's ``eval/...`` metrics); a failure there is a warning."""
+    from .engine.tensorboard import log_evaluation
+
+    own = [r for r in results if not r["baseline"]]
+    try:
+        log_evaluation(run.path / "tensorboard", own, own[0]["checkpoint_iteration"] or 0)
+    except (FewshotError, OSError) as e:
+        err.print(f"[yellow]warning:[/] {escape(str(e))}; TensorBoard not updated",
+                  highlight=False, soft_wrap=True)
 
 
 def _int_list(option: str, text: str | None, minimum: int) -> list[int] | None:
@@ -310,7 +359,8 @@ class PlotFormat(str, Enum):
 @app.command()
 def plot(
     run_dir: Annotated[Path, typer.Argument(
-        metavar="RUN_DIR", help="A run directory written by `fewshot train`.")],
+        metavar="RUN_DIR", help="A run directory written by `fewshot train`.",
+        autocompletion=complete_run_dir)],
     checkpoint: Annotated[CheckpointChoice, typer.Option(
         help="Checkpoint for the task figures.")] = CheckpointChoice.last,
     format_: Annotated[PlotFormat, typer.Option(
@@ -329,7 +379,7 @@ def plot(
         show_default=False)] = None,
     baseline: Annotated[Path | None, typer.Option(
         metavar="RUN_DIR", help="fit.png: also draw this run's prediction (e.g. the "
-        "pretrained baseline) after the same steps.")] = None,
+        "pretrained baseline) after the same steps.", autocompletion=complete_run_dir)] = None,
 ) -> None:
     """Draw the run's curves into RUN_DIR/plots/<name>.<format>."""
     try:
@@ -337,13 +387,21 @@ def plot(
         run = RunDir.open(run_dir)
         base = RunDir.open(baseline) if baseline is not None else None
         _warn_killed(run)
+        # the default is last, so best here is the user's own choice
+        _check_best(run, checkpoint.value, True, "drawing from")
+        if base is not None:
+            _check_best(base, checkpoint.value, False, "drawing from", f"--baseline {base.path}: ")
         from .engine import threads
         from .plots import PLOT_SEED, plot_run
 
         threads.for_run(run.read_meta())
-        paths = plot_run(run, checkpoint.value, fmt=format_.value, shots=shots, steps=steps,
-                         tasks=tasks, seed=PLOT_SEED if seed is None else seed, baseline=base)
+        with decode_bars(err, True):
+            paths = plot_run(run, checkpoint.value, fmt=format_.value, shots=shots,
+                             steps=steps, tasks=tasks, seed=PLOT_SEED if seed is None else seed,
+                             baseline=base)
     except FewshotError as e:
+        for p in getattr(e, "written", []):  # plots.FiguresMissing: drawn before it failed
+            out.print(str(p), highlight=False, soft_wrap=True)
         raise _fail(e) from None
     for p in paths:
         out.print(str(p), highlight=False, soft_wrap=True)
@@ -353,7 +411,7 @@ def plot(
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(
         metavar="RUN_DIR...", help="Evaluated runs (fewshot eval RUN_DIR first).",
-        show_default=False)],
+        show_default=False, autocompletion=complete_run_dir)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="FILE",
         help="Where to write the overlaid adaptation curves.")] = Path("compare.png"),
@@ -368,7 +426,7 @@ def compare(
     except FewshotError as e:
         raise _fail(e) from None
     for w in warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     out.print(compare_table(entries))
     try:
         from .compare import plot_compare as _plot

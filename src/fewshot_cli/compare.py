@@ -66,23 +66,26 @@ def algorithm_label(cfg: Any) -> str:
 
 
 def gather(paths: list[str]) -> tuple[list[Entry], list[str]]:
-    """The comparable entry of every run, and warnings (runs without eval.json are
-    skipped with a warning; an unreadable run directory is an error)."""
-    entries, warnings = [], []
+    """The comparable entry of every run, and warnings: a run not evaluated yet, or whose
+    eval.json cannot be read, is left out with a warning saying which; a path that is not
+    a run directory, or no run left to compare, is an error."""
+    entries, skipped = [], []
     for p in paths:
         run = RunDir.open(p)
-        own = [r for r in run.read_results() if not r.get("baseline")]
+        try:
+            own = [r for r in run.load_results() if not r.get("baseline")]
+        except RunDirError as e:
+            skipped.append(str(e))
+            continue
         if not own:
-            warnings.append(f"{run.path}: no evaluation yet (run fewshot eval {run.path}); "
-                            "left out")
+            skipped.append(f"{run.path}: no evaluation yet (run fewshot eval {run.path})")
             continue
         cfg = run.read_config()
         it, seconds = _training(run)
         entries.append(Entry(run, own[0], algorithm_label(cfg), cfg.task.kind, it, seconds))
     if not entries:
-        raise RunDirError("nothing to compare: none of the runs has an eval.json "
-                          "(run fewshot eval RUN_DIR first)")
-    return entries, warnings + mismatches(entries)
+        raise RunDirError("nothing to compare: " + "; ".join(skipped))
+    return entries, [f"{s}; left out" for s in skipped] + mismatches(entries)
 
 
 def mismatches(entries: list[Entry]) -> list[str]:

@@ -124,7 +124,8 @@ def _image_headers(report: DataReport, paths: Sequence[str], what: str, every_im
         report.add("error", bad[0] + more)
     if not found:
         return
-    shown = ", ".join(f"{w}x{h} {mode} ({n})" for ((w, h), mode), n in found.most_common(4))
+    shown = ", ".join(f"{n} of {w}x{h}, PIL mode {mode}"
+                      for ((w, h), mode), n in found.most_common(4))
     if len(found) > 4:
         shown += f", {len(found) - 4} more kinds"
     which = "" if every_image else " (the first of each class)"
@@ -132,10 +133,10 @@ def _image_headers(report: DataReport, paths: Sequence[str], what: str, every_im
     if expected is None:
         report.add("info", text)
     elif set(found) == {expected}:
-        report.add("ok", f"{text} as published")
+        report.add("ok", f"{text} (as published)")
     else:
         (w, h), mode = expected
-        report.add("warning", f"{text}; expected {w}x{h} {mode} as published")
+        report.add("warning", f"{text}; expected {w}x{h}, PIL mode {mode} as published")
 
 
 def _size_line(counts: Sequence[int]) -> str:

@@ -24,6 +24,16 @@ class Listed:
     iterations: int | None
     best: str
     started: str
+    commit: str = "-"
+
+
+def commit_label(meta: dict[str, Any]) -> str:
+    """The commit a run's code came from (meta.json's ``provenance.git``), short, with ``+``
+    when the checkout had uncommitted changes; ``-`` when it did not run from a checkout."""
+    git = (meta.get("provenance") or {}).get("git") if isinstance(meta, dict) else None
+    if not isinstance(git, dict) or not isinstance(git.get("commit"), str):
+        return "-"
+    return git["commit"][:8] + ("+" if git.get("dirty") else "")
 
 
 def find_runs(root: str | Path) -> list[RunDir]:
@@ -78,5 +88,5 @@ def list_runs(root: str | Path) -> list[Listed]:
             pass
         out.append(Listed(run.path.name, algorithm,
                           str(meta.get("task", "?")), status, it, best_validation(rows),
-                          started))
+                          started, commit_label(meta)))
     return out

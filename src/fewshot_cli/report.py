@@ -1,13 +1,25 @@
 """What the commands print: the Rich tables and lines of ``fewshot eval``, ``compare`` and
-``ls``, built from their results. Nothing here reads a run or computes a statistic."""
+``ls``, built from their results, and the progress bars of their long steps. Nothing here
+reads a run or computes a statistic."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -155,11 +167,12 @@ def runs_table(listed: list[Listed]) -> Table:
     table = Table(box=None, pad_edge=False)
     for name, justify in (("run", "left"), ("algorithm", "left"), ("task", "left"),
                           ("status", "left"), ("its", "right"), ("best val.", "right"),
-                          ("started", "left")):
+                          ("started", "left"), ("commit", "left")):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for x in listed:
         table.add_row(x.name, x.algorithm, x.task, x.status,
-                      "-" if x.iterations is None else str(x.iterations), x.best, x.started)
+                      "-" if x.iterations is None else str(x.iterations), x.best, x.started,
+                      x.commit)
     return table
 
 
@@ -170,5 +183,109 @@ def print_runs(out: Console, listed: list[Listed]) -> None:
     wide = Console(width=10_000)
     width = max(out.width, Measurement.get(wide, wide.options, table).maximum)
     Console(width=width, highlight=False).print(table)
-    out.print("best val.: highest validation accuracy, or lowest median validation loss",
-              highlight=False, style="dim")
+    out.print("best val.: highest validation accuracy, or lowest median validation loss; "
+              "commit: the code's, + for uncommitted changes", highlight=False, style="dim")
+
+
+# ------------------------------------------------------------------------------ progress bars
+class Bars:
+    """Progress bars on ``console`` (stderr), one row per :meth:`add`, started with the
+    first row and gone when stopped. Shown only when ``show`` and the console is a
+    terminal: a log file or a pipe gets no bar at all, and every method does nothing."""
+
+    def __init__(self, console: Console, show: bool = True) -> None:
+        self.progress: Progress | None = None
+        if show and console.is_terminal:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=console, transient=True)
+        self.started = False
+
+    def add(self, label: str, total: int) -> TaskID | None:
+        """A new row counting to ``total``."""
+        if self.progress is None:
+            return None
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        return self.progress.add_task(label, total=total)
+
+    def update(self, row: TaskID | None, completed: int) -> None:
+        if self.progress is not None and row is not None:
+            self.progress.update(row, completed=completed)
+
+    def stop(self) -> None:
+        if self.progress is not None and self.started:
+            self.progress.stop()
+            self.started = False
+
+    def __enter__(self) -> Bars:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class DecodeBars:
+    """What ``tasks.image_cache.decode_progress`` is given: a bar over the files of each
+    image set decoded, gone as soon as the set is done (so that the training bar, which
+    follows, is the only one on the terminal)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars: Bars | None = None
+
+    def __call__(self, tag: str, total: int) -> Callable[[int], None] | None:
+        self.close()
+        bars = self.bars = Bars(self.console)
+        row = bars.add(f"decoding {tag}", total)
+        if row is None:
+            return None
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bars.update(row, done)
+            if done >= total:
+                bars.stop()
+
+        return advance
+
+    def close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
+
+
+class ProtocolBars(Bars):
+    """``fewshot eval``'s bar: one row per protocol (``rows``: its label and number of test
+    tasks); called as the evaluator's ``progress(protocol, tasks done)``."""
+
+    def __init__(self, console: Console, show: bool, rows: list[tuple[str, int]]) -> None:
+        super().__init__(console, show)
+        self.rows = rows
+        self.ids: dict[int, TaskID | None] = {}
+
+    def __call__(self, number: int, done: int) -> None:
+        if number not in self.ids:
+            self.ids[number] = self.add(*self.rows[number])
+        self.update(self.ids[number], done)
+
+
+@contextmanager
+def decode_bars(console: Console, show: bool) -> Iterator[None]:
+    """Within the block, the first decode of an image set shows a bar over its files (when
+    ``show`` and the console is a terminal)."""
+    if not (show and console.is_terminal):
+        yield
+        return
+    from .tasks.image_cache import decode_progress
+
+    bars = DecodeBars(console)
+    try:
+        with decode_progress(bars):
+            yield
+    finally:
+        bars.close()

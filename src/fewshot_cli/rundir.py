@@ -286,11 +286,20 @@ class RunDir:
 
     # -- checkpoints -----------------------------------------------------------------
     def resolve_checkpoint(self, which: str) -> Path:
-        """The file for ``best`` or ``last``: a missing best falls back to last."""
+        """The file for ``best`` or ``last``: a missing best falls back to last (the
+        commands warn or refuse first, see :meth:`best_fallback`)."""
         path = self.checkpoint_path(which)
         if which == "best" and not path.is_file() and self.checkpoint_path("last").is_file():
             return self.checkpoint_path("last")
         return path
+
+    def best_fallback(self) -> str | None:
+        """What ``best`` reads when best.pt is missing and last.pt exists (a run without a
+        validation split, or not validated yet): ``"last.pt (iteration N)"``; else None."""
+        if self.checkpoint_path("best").is_file() or not self.checkpoint_path("last").is_file():
+            return None
+        it = self.read_meta().get("checkpoint_iteration")
+        return "last.pt" + (f" (iteration {it})" if isinstance(it, int) else "")
 
     def load_checkpoint(self, which: str, map_location: Any = "cpu") -> dict[str, Any]:
         """Read ``best`` or ``last`` (see :func:`fewshot_cli.engine.checkpoint.load`)."""
@@ -351,6 +360,28 @@ class RunDir:
             return None
         return data if results_of(data) else None
 
+    def load_results(self) -> list[dict[str, Any]]:
+        """Like :meth:`read_results`, but an eval.json that exists and yields no evaluation
+        is a RunDirError naming the file and the cause; a missing file has none."""
+        path = self.eval_path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except UnicodeDecodeError:
+            raise RunDirError(f"{path}: unreadable (not UTF-8 text)") from None
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{path}: unreadable (not JSON: {e.msg} at line {e.lineno}, "
+                              f"column {e.colno})") from None
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})"
+                              ) from None
+        results = results_of(data)
+        if not results:
+            raise RunDirError(f"{path}: unreadable (no evaluation in it: not the layout "
+                              "fewshot eval writes)")
+        return results
+
     def read_results(self) -> list[dict[str, Any]]:
         """Every evaluation result in eval.json, one per run and protocol; an eval.json of
         format 1 (a single result) is one result. Entries that are not evaluations are
@@ -360,6 +391,13 @@ class RunDir:
         except (OSError, ValueError):
             return []
         return results_of(data)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` looks like a run directory: a folder holding config.yaml or
+    meta.json (what shell completion offers; :meth:`RunDir.open` checks more)."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() or (path / "meta.json").is_file()
 
 
 def _is_row(row: Any) -> bool:

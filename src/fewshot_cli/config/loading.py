@@ -42,6 +42,37 @@ def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def switch_kinds(data: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``data`` with each section a ``--set SECTION.kind=NEW`` moves to another kind rebuilt
+    for NEW: the keys NEW's section also has are kept, the other options of the old kind
+    dropped. Returns it and one note per section that lost keys.
+
+    Keys the old kind does not know either (typos) are kept, so they are still errors, and
+    so is a key of the old kind that an override sets again (overrides apply after this).
+    """
+    wanted: dict[str, Any] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 2 and path[0] in _KIND_CLASSES and path[1] == "kind":
+            wanted[path[0]] = value  # the last one counts, as in apply_overrides
+    implied = _fill_kinds(data) if wanted else {}
+    data, notes = dict(data), []
+    for section, new in wanted.items():
+        raw, classes = data.get(section), _KIND_CLASSES[section]
+        old = implied[section].get("kind") if isinstance(implied[section], dict) else None
+        if not (isinstance(raw, dict) and isinstance(old, str) and isinstance(new, str)
+                and old in classes and new in classes and old != new):
+            continue
+        known, kept = classes[old].model_fields, classes[new].model_fields
+        dropped = [k for k in raw if k in known and k not in kept]
+        if dropped:
+            data[section] = {k: v for k, v in raw.items() if k not in dropped}
+            what = "an option" if len(dropped) == 1 else "options"
+            notes.append(f"{section}.kind={new}: dropped {', '.join(dropped)} "
+                         f"(not {what} of {new})")
+    return data, notes
+
+
 def validate(data: dict[str, Any], source: str, overrides: list[str] | None = None) -> Config:
     """Validate a raw mapping; ``source`` names it in error messages, unless the key at
     fault was set by one of ``overrides`` (``--set``), which is then named instead."""
@@ -65,8 +96,14 @@ def validate(data: dict[str, Any], source: str, overrides: list[str] | None = No
         raise ConfigError(one_line(f"{source}: {format_error(first, data)}")) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``--set`` overrides and validate it."""
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                notes: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate it.
+
+    A ``--set SECTION.kind=X`` that changes a section's kind rebuilds the section for X
+    (:func:`switch_kinds`); what it dropped is appended to ``notes``, one line per section,
+    for the caller to show.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -86,8 +123,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
                           "see configs/ for examples)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, found {type(data).__name__}")
+    data, dropped = switch_kinds(data, overrides or [])
     data = apply_overrides(data, overrides or [])
-    return validate(data, str(path), overrides)
+    cfg = validate(data, str(path), overrides)
+    if notes is not None:
+        notes.extend(dropped)
+    return cfg
 
 
 def dump_config(cfg: Config) -> str:

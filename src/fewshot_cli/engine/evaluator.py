@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -157,7 +157,9 @@ def query_chunks(classification: bool, query_batch: str, queries: int) -> int:
 def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str | None = None,
                        inner_lr: float | None = None, baselines: Sequence[RunDir] = (),
                        table_steps: Sequence[int] | None = None,
-                       sync: Sync | None = None) -> list[dict[str, Any]]:
+                       sync: Sync | None = None,
+                       progress: Callable[[int, int], None] | None = None
+                       ) -> list[dict[str, Any]]:
     """Evaluate a run under every protocol (all with the checkpoint of the first), and
     each baseline run on exactly the same test tasks with the same protocol and inner step
     size. Returns one result per protocol and run, protocol by protocol, the run first.
@@ -169,6 +171,9 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
 
     Under ``torchrun`` (``sync``) every rank draws every chunk of tasks but adapts only
     every world-th one; all ranks return the same results.
+
+    ``progress(p, done)`` is told after each chunk: protocol ``p`` (an index into
+    ``protocols``) has ``done`` of its tasks drawn and, on this rank, adapted.
     """
     sync = sync or Sync()
     cfg = run.read_config()
@@ -194,7 +199,7 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
         models.append(_Model(run, cfg, replace(exp, algo=ref), state, models[0].path, True,
                              fields=fields))  # e.g. plain SGD from a meta-learned init
     results: list[dict[str, Any]] = []
-    for settings in protocols:
+    for number, settings in enumerate(protocols):
         steps = settings.steps if settings.steps is not None else cfg.algorithm.eval_inner_steps
         shots = settings.shots or cfg.task.shots
         queries = settings.queries or cfg.task.queries
@@ -214,6 +219,8 @@ def evaluate_protocols(run: RunDir, protocols: Sequence[EvalConfig], device: str
                     out.append(_evaluate_chunk(m.exp, batch, steps, m.path, chunks))
                     m.seconds += time.perf_counter() - start
             left, index = left - n, index + 1
+            if progress is not None:
+                progress(number, settings.tasks - left)
         if sync.active:  # chunk i was adapted by rank i % world: put them back in order
             mine = [(out, m.seconds) for m, out in zip(models, parts)]
             every = sync.gather(mine)

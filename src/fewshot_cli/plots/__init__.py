@@ -41,10 +41,19 @@ from .evaluation import plot_adaptation  # noqa: E402
 from .figures import FORMATS, LOSS_NAMES, loss_name, spike_free_top  # noqa: E402
 from .gates import plot_gates  # noqa: E402
 
-__all__ = ["FORMATS", "LOSS_NAMES", "MAX_QUERY_ROWS", "PLOT_SEED", "algorithm_metrics",
-           "fit_tasks", "loss_name", "plot_accuracy", "plot_adaptation", "plot_episode",
-           "plot_fit", "plot_gates", "plot_inner", "plot_loss", "plot_metrics", "plot_run",
-           "spike_free_top"]
+__all__ = ["FORMATS", "LOSS_NAMES", "MAX_QUERY_ROWS", "PLOT_SEED", "FiguresMissing",
+           "algorithm_metrics", "fit_tasks", "loss_name", "plot_accuracy", "plot_adaptation",
+           "plot_episode", "plot_fit", "plot_gates", "plot_inner", "plot_loss", "plot_metrics",
+           "plot_run", "spike_free_top"]
+
+
+class FiguresMissing(RunDirError):
+    """Some figures the run's files call for could not be drawn (an unreadable eval.json);
+    ``written`` are the ones that were."""
+
+    def __init__(self, message: str, written: list[Path]) -> None:
+        super().__init__(message)
+        self.written = written
 
 
 def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
@@ -55,7 +64,9 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
     tasks of fit.png (and episode.png); ``baseline``'s prediction is drawn in fit.png.
 
     Everything is read and checked (metrics, checkpoints, the baseline) before the first
-    file is written, so a refusal leaves the plots folder as it was.
+    file is written, so a refusal leaves the plots folder as it was. An eval.json that
+    exists but cannot be read is the exception: the other figures are written, then
+    :class:`FiguresMissing` names the file, the cause and the figures left undrawn.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, found {fmt!r}")
@@ -75,7 +86,10 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
         base = (baseline, load_experiment(baseline, checkpoint, device="cpu",
                                           inner_lr=None if exp.algo.learns_step_sizes(exp.algo.cfg)
                                           else cfg.algorithm.inner_lr)[0])
-    results = run.read_results()
+    try:
+        results, unreadable = run.load_results(), None
+    except RunDirError as e:
+        results, unreadable = [], e
     written: list[Path | None] = [plot_loss(run, rows, cfg, fmt),
                                   plot_metrics(run, rows, cfg, fmt),
                                   plot_inner(run, rows, cfg, fmt)]
@@ -87,4 +101,10 @@ def plot_run(run: RunDir, checkpoint: str = "best", *, fmt: str = "png",
     if results:
         written.append(plot_adaptation(run, results, cfg, fmt))
         written.append(plot_gates(run, results, cfg, fmt))  # None without gate statistics
-    return [p for p in written if p is not None]
+    drawn = [p for p in written if p is not None]
+    if unreadable is not None:
+        missing = [f"adaptation.{fmt}"] + ([f"gates.{fmt}"] if cfg.algorithm.kind == "meta_lstm"
+                                           else [])
+        raise FiguresMissing(f"{unreadable}; {' and '.join(missing)} not drawn (the other "
+                             "figures were written)", drawn)
+    return drawn

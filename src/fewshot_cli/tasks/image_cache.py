@@ -22,8 +22,10 @@ import hashlib
 import logging
 import os
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,29 @@ _RESAMPLE = {
 # the GIL while decoding and resizing big images); tiny files such as Omniglot's
 # 1-bit PNGs are decoded faster on one thread, where Python overhead dominates.
 _THREADED_MIN_AVG_BYTES = 8 * 1024
+
+#: Told how many more images are decoded; called from the thread that loads the set.
+Advance = Callable[[int], None]
+#: ``start(tag, total)`` when a set begins decoding (its cache file's ``tag``); the
+#: :data:`Advance` it returns is told as images are done (None: nothing to tell).
+DecodeProgress = Callable[[str, int], Advance | None]
+_decode_progress: ContextVar[DecodeProgress | None] = ContextVar("decode_progress",
+                                                                 default=None)
+# Images decoded on one thread between two reports: the bar moves several times a second
+# even for Omniglot's tiny files, and a report (a counter under a lock) costs nothing there.
+_PROGRESS_BLOCK = 256
+
+
+@contextmanager
+def decode_progress(start: DecodeProgress) -> Iterator[None]:
+    """Within the block, every image set decoded (not read from the cache) reports its
+    progress through ``start``: the commands show a bar with it, this module prints
+    nothing itself."""
+    token = _decode_progress.set(start)
+    try:
+        yield
+    finally:
+        _decode_progress.reset(token)
 
 
 @dataclass(frozen=True)
@@ -193,26 +218,36 @@ def decode_image(path: str, prep: Preprocess) -> np.ndarray:
 
 
 def _decode_all(
-    paths: list[str], sizes: list[int], prep: Preprocess, workers: int | None
+    paths: list[str], sizes: list[int], prep: Preprocess, workers: int | None,
+    advance: Advance | None = None,
 ) -> np.ndarray:
     n = len(paths)
     out = np.empty((n, prep.channels, prep.image_size, prep.image_size), dtype=np.uint8)
 
-    def run(lo: int, hi: int) -> None:
+    def run(lo: int, hi: int) -> int:
         for i in range(lo, hi):
             out[i] = decode_image(paths[i], prep)
+        return hi - lo
 
     if workers is None:
         workers = 1
         if n > 64 and sum(sizes) / n >= _THREADED_MIN_AVG_BYTES:
             workers = min(8, os.cpu_count() or 1)
     if workers <= 1:
-        run(0, n)
+        for lo in range(0, n, _PROGRESS_BLOCK):
+            done = run(lo, min(lo + _PROGRESS_BLOCK, n))
+            if advance is not None:
+                advance(done)
         return out
     step = max(16, n // (workers * 8))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for fut in [pool.submit(run, lo, min(lo + step, n)) for lo in range(0, n, step)]:
-            fut.result()
+        futures = [pool.submit(run, lo, min(lo + step, n)) for lo in range(0, n, step)]
+        if advance is not None:
+            for fut in as_completed(futures):  # on this thread, as blocks finish
+                if fut.exception() is None:
+                    advance(fut.result())
+        for fut in futures:
+            fut.result()  # the first unreadable image in file order is the one reported
     return out
 
 
@@ -297,7 +332,9 @@ def load_image_set(
     paths = [f.path for _, files in classes for f in files]
     sizes = [f.size for _, files in classes for f in files]
     log.info("decoding %d images from %s (cached in %s afterwards)", n, root, path.parent)
-    images = torch.from_numpy(_decode_all(paths, sizes, prep, workers))
+    start = _decode_progress.get()
+    advance = start(tag, n) if start is not None and n else None
+    images = torch.from_numpy(_decode_all(paths, sizes, prep, workers, advance))
     labels = torch.repeat_interleave(
         torch.arange(len(classes), dtype=torch.int64),
         torch.tensor([len(files) for _, files in classes], dtype=torch.int64),
