@@ -37,6 +37,7 @@ from fewshot_cli.config import load_config
 from fewshot_cli.engine import vectorize
 from fewshot_cli.engine.setup import build_experiment
 cfg = load_config(sys.argv[1], sys.argv[3:])
+torch.set_num_threads(1)  # the count the key is computed under when a run chooses
 exp = build_experiment(cfg, torch.device("cpu"))
 key = json.dumps([vectorize.cache_key(exp), "vmap", [1, 2]])
 Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,16 @@ from typer.testing import CliRunner
 from fewshot_cli.cli import app
 
 runner = CliRunner()
+#: A short sinusoid run: 10 iterations, validation and checkpoints every 5, on vmap.
+SHORT = ["--set", "train.iterations=10", "--set", "train.log_every=5", "--set",
+         "train.val_every=5", "--set", "train.val_tasks=4", "--set", "train.checkpoint_every=5",
+         "--set", "algorithm.meta_batch=2", "--set", "device=cpu", "--set",
+         "train.vectorize=vmap", "--no-progress"]
 
 
-def invoke(*args: str) -> str:
+def invoke(*args: object) -> str:
     """Run ``fewshot ARGS``; its output, after asserting it succeeded."""
-    r = runner.invoke(app, list(args))
+    r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 0, r.output
     return r.output
 

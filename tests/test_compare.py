@@ -6,23 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import SHORT, invoke, runner
 from PIL import Image
-from typer.testing import CliRunner
 
 from fewshot_cli.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["--set", "train.iterations=10", "--set", "train.log_every=5", "--set",
-         "train.val_every=5", "--set", "train.val_tasks=4", "--set", "train.checkpoint_every=5",
-         "--set", "algorithm.meta_batch=2", "--set", "device=cpu", "--set",
-         "train.vectorize=vmap", "--no-progress"]
-runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    r = runner.invoke(app, [str(a) for a in args])
-    assert r.exit_code == 0, r.output
-    return r.output
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import SHORT, invoke, runner
 from image_fixtures import make_image_folder
 from rich.console import Console
-from typer.testing import CliRunner
 
 from fewshot_cli import cli
 from fewshot_cli.cli import app
@@ -27,17 +27,6 @@ from fewshot_cli.tasks import image_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SINE = ROOT / "configs" / "sine-maml.yaml"
-SHORT = ["--set", "train.iterations=10", "--set", "train.log_every=5", "--set",
-         "train.val_every=5", "--set", "train.val_tasks=4", "--set", "train.checkpoint_every=5",
-         "--set", "algorithm.meta_batch=2", "--set", "device=cpu", "--set",
-         "train.vectorize=vmap", "--no-progress"]
-runner = CliRunner()
-
-
-def invoke(*args: object) -> str:
-    r = runner.invoke(app, [str(a) for a in args])
-    assert r.exit_code == 0, r.output
-    return r.output
 
 
 def lines(text: str) -> list[str]:
