@@ -75,10 +75,8 @@ def convert_miniimagenet(
     miniimagenet reads (task.root = DEST); check the result with fewshot data check."""
     from .tasks.convert import convert_miniimagenet as convert
 
-    try:
-        lines = convert(src, dest, image_format=image_format.value, overwrite=overwrite,
-                        progress=lambda line: err.print(line, highlight=False))
+    try:  # a line as each split is written
+        convert(src, dest, image_format=image_format.value, overwrite=overwrite,
+                progress=lambda line: out.print(line, highlight=False, soft_wrap=True))
     except FewshotError as e:
         raise _fail(e) from None
-    for line in lines:
-        out.print(line, highlight=False, soft_wrap=True)
