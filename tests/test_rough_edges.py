@@ -364,3 +364,14 @@ def test_data_convert_command_refuses_a_missing_folder_in_one_line(tmp_path: Pat
     assert r.exit_code == 1 and r.output.count("error:") == 1
     assert "expected a folder holding mini-imagenet-cache-train.pkl" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_a_kind_follows_a_task_switch(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("task: {kind: sinusoid}\nmodel: {hidden: [8, 8], activation: relu}\n"
+                      "algorithm: {kind: maml, loss: mse}\n")
+    notes: list[str] = []
+    cfg = load_config(config, ["task.kind=omniglot", "algorithm.loss=cross_entropy"], notes)
+    assert cfg.model.kind == "conv4" and cfg.task.kind == "omniglot"
+    assert notes == ["model.kind=conv4, which follows task.kind=omniglot: dropped hidden, "
+                     "activation (not options of conv4)"]

@@ -43,9 +43,11 @@ def _fill_kinds(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def switch_kinds(data: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """``data`` with each section a ``--set SECTION.kind=NEW`` moves to another kind rebuilt
+    """``data`` with each section whose kind a ``--set SECTION.kind=NEW`` changes rebuilt
     for NEW: the keys NEW's section also has are kept, the other options of the old kind
-    dropped. Returns it and one note per section that lost keys.
+    dropped. A section without a ``kind`` of its own follows: a model whose kind the task
+    implies is rebuilt when ``--set task.kind`` changes that. Returns it and one note per
+    section that lost keys.
 
     Keys the old kind does not know either (typos) are kept, so they are still errors, and
     so is a key of the old kind that an override sets again (overrides apply after this).
@@ -55,11 +57,19 @@ def switch_kinds(data: dict[str, Any], overrides: list[str]) -> tuple[dict[str, 
         path, value = parse_override(text)
         if len(path) == 2 and path[0] in _KIND_CLASSES and path[1] == "kind":
             wanted[path[0]] = value  # the last one counts, as in apply_overrides
-    implied = _fill_kinds(data) if wanted else {}
-    data, notes = dict(data), []
+    if not wanted:
+        return data, []
+    switched = dict(data)
     for section, new in wanted.items():
-        raw, classes = data.get(section), _KIND_CLASSES[section]
-        old = implied[section].get("kind") if isinstance(implied[section], dict) else None
+        raw = data.get(section)
+        if isinstance(raw, dict) or raw is None:
+            switched[section] = {**(raw or {}), "kind": new}
+    before, after = _fill_kinds(data), _fill_kinds(switched)
+    data, notes = dict(data), []
+    for section, classes in _KIND_CLASSES.items():
+        raw = data.get(section)
+        old, new = (s[section].get("kind") if isinstance(s[section], dict) else None
+                    for s in (before, after))
         if not (isinstance(raw, dict) and isinstance(old, str) and isinstance(new, str)
                 and old in classes and new in classes and old != new):
             continue
@@ -68,9 +78,15 @@ def switch_kinds(data: dict[str, Any], overrides: list[str]) -> tuple[dict[str, 
         if dropped:
             data[section] = {k: v for k, v in raw.items() if k not in dropped}
             what = "an option" if len(dropped) == 1 else "options"
-            notes.append(f"{section}.kind={new}: dropped {', '.join(dropped)} "
+            why = "" if section in wanted else f", which follows {_leader(wanted)}"
+            notes.append(f"{section}.kind={new}{why}: dropped {', '.join(dropped)} "
                          f"(not {what} of {new})")
     return data, notes
+
+
+def _leader(wanted: dict[str, Any]) -> str:
+    """The ``--set`` a section without a kind of its own followed (the task's)."""
+    return ", ".join(f"{k}.kind={v}" for k, v in wanted.items())
 
 
 def validate(data: dict[str, Any], source: str, overrides: list[str] | None = None) -> Config:
