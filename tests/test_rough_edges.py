@@ -375,3 +375,15 @@ def test_a_model_without_a_kind_follows_a_task_switch(tmp_path: Path) -> None:
     assert cfg.model.kind == "conv4" and cfg.task.kind == "omniglot"
     assert notes == ["model.kind=conv4, which follows task.kind=omniglot: dropped hidden, "
                      "activation (not options of conv4)"]
+
+
+def test_eval_keeps_an_unreadable_eval_json_aside(trained: Path, tmp_path: Path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    (run / "eval.json").write_text("{half a file")
+    r = runner.invoke(app, ["eval", str(run), "--tasks", "3", "--steps", "1"])
+    assert r.exit_code == 0, r.output
+    kept = sorted(run.glob("eval-unreadable-*.json"))
+    assert len(kept) == 1 and kept[0].read_text() == "{half a file"
+    assert f"held no readable evaluation; kept as {kept[0]}" in " ".join(r.stderr.split())
+    assert json.loads((run / "eval.json").read_text())["results"]

@@ -292,11 +292,15 @@ def eval_(
         return
     print_eval(out, results)
     try:
-        run.write_eval(results)
-    except OSError as e:
+        kept = run.write_eval(results)
+    except (OSError, FewshotError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
         err.print(f"[bold red]error:[/] {run.eval_path}: cannot save the results above "
-                  f"({e.strerror or e})", highlight=False, soft_wrap=True)
+                  f"({why})", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    if kept is not None:
+        err.print(f"[yellow]warning:[/] {escape(str(run.eval_path))} held no readable "
+                  f"evaluation; kept as {escape(str(kept))}", highlight=False, soft_wrap=True)
     err.print(f"wrote {run.eval_path}", highlight=False)
     if cfg.train.tensorboard:
         _tensorboard_eval(run, results)

@@ -321,11 +321,13 @@ class RunDir:
                 old.unlink(missing_ok=True)
 
     # -- evaluation results ------------------------------------------------------------
-    def write_eval(self, results: dict[str, Any] | list[dict[str, Any]]) -> None:
+    def write_eval(self, results: dict[str, Any] | list[dict[str, Any]]) -> Path | None:
         """Merge ``results`` (one result per protocol) into eval.json; the previous file is
         appended to eval-history.jsonl first.
 
-        eval.json holds every protocol evaluated so far, the run's and its baselines':
+        An eval.json that holds no readable evaluation is moved aside first
+        (:meth:`keep_unreadable_eval`; where it went is returned). eval.json holds every
+        protocol evaluated so far, the run's and its baselines':
         ``{"format": 2, "results": [...], **latest}``. A new result replaces only the entry
         of the same run and protocol (:func:`protocol_key`); the others are kept. The
         top-level fields repeat ``latest``, the first result of this call, in the layout
@@ -337,6 +339,8 @@ class RunDir:
         """
         new = [results] if isinstance(results, dict) else list(results)
         previous = self.read_eval()
+        kept = (self.keep_unreadable_eval() if previous is None and self.eval_path.is_file()
+                else None)
         merged = merge_results(self.read_results(), new)
         data = (dumps({**new[0], "format": EVAL_FORMAT, "results": merged}, indent=2)
                 + "\n").encode()
@@ -350,6 +354,18 @@ class RunDir:
                     h.write(dumps(previous) + "\n")
 
         atomic_write(self.eval_path, write)
+        return kept
+
+    def keep_unreadable_eval(self) -> Path:
+        """Move an eval.json that holds no readable evaluation aside, as
+        ``eval-unreadable-<time>.json``, so that a new evaluation never overwrites bytes
+        nobody could read back yet; returns where it went."""
+        target = self.path / time.strftime("eval-unreadable-%Y%m%d-%H%M%S.json")
+        if target.exists():
+            target = target.with_suffix(f".{time.monotonic_ns()}.json")
+        with _writing(target):
+            os.replace(self.eval_path, target)
+        return target
 
     def read_eval(self) -> dict[str, Any] | None:
         """eval.json as written (either layout), or None when missing or when it holds no
