@@ -47,6 +47,25 @@ def with_omniglot_root(overrides: Sequence[str], root: Path | str = OMNIGLOT) ->
     return out
 
 
+# ----------------------------------------------------------------------------- other commits
+def extract_src(commit: str, into: Path) -> Path:
+    """The ``src`` folder of ``commit`` (``git archive``), extracted under ``into``: a
+    ``PYTHONPATH`` that runs that version of the package."""
+    import io
+    import tarfile
+
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"],
+                          check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
+
+
+def versions(other: str, tmp: Path) -> dict[str, Path]:
+    """``{label: src folder}`` of another commit and of this tree, in that order."""
+    return {f"other ({other})": extract_src(other, tmp / "other"), "this tree": ROOT / "src"}
+
+
 # ----------------------------------------------------------------------------- command lines
 def add_set_option(parser: argparse.ArgumentParser, dest: str = "overrides",
                    help: str | None = "config override KEY=VALUE (repeatable)") -> None:

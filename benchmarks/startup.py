@@ -15,25 +15,15 @@ then stopped with SIGINT. Also reported: the lines the command printed before th
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import common
-
-
-def sources(other: str, tmp: Path) -> dict[str, Path]:
-    data = subprocess.run(["git", "-C", str(common.ROOT), "archive", other, "src"],
-                          check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(tmp / "other", filter="data")
-    return {f"other ({other})": tmp / "other" / "src", "this tree": common.ROOT / "src"}
 
 
 def first_iteration(src: Path, config: Path, sets: list[str], tmp: Path, name: str,
@@ -88,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         images = tmp / "images"
-        for i, (label, src) in enumerate(sources(args.other, tmp).items()):
+        for i, (label, src) in enumerate(common.versions(args.other, tmp).items()):
             seconds, said = first_iteration(src, args.config, sets, tmp, str(i), images,
                                             args.timeout)
             print(f"{label}: {seconds:.1f} s", flush=True)

@@ -17,13 +17,11 @@ used, median over rounds, and the ratio auto / one thread (the target: at most 1
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -43,14 +41,6 @@ key = json.dumps([vectorize.cache_key(exp), "vmap", [1, 2]])
 Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
 (Path(sys.argv[2]) / "threads.json").write_text(json.dumps({key: {"1": 1.0, "2": 0.7}}))
 """
-
-
-def sources(other: str, tmp: Path) -> dict[str, Path]:
-    data = subprocess.run(["git", "-C", str(common.ROOT), "archive", other, "src"],
-                          check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(tmp / "other", filter="data")
-    return {f"other ({other})": tmp / "other" / "src", "this tree": common.ROOT / "src"}
 
 
 def run(src: Path, cache: Path, out: Path, sets: list[str], threads: int | None
@@ -78,7 +68,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for label, src in sources(args.other, tmp).items():
+        for label, src in common.versions(args.other, tmp).items():
             seconds: dict[str, list[float]] = {"auto": [], "1": []}
             used: dict[str, int] = {}
             for r in range(args.rounds):

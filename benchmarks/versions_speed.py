@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -45,11 +42,7 @@ OTHER = "fewshot_other"
 
 def extract(commit: str, into: Path) -> Path:
     """``src/fewshot_cli`` of ``commit`` as the package ``OTHER`` under ``into``."""
-    data = subprocess.run(["git", "-C", str(common.ROOT), "archive", commit, "src/fewshot_cli"],
-                          check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(into, filter="data")
-    (into / "src" / "fewshot_cli").rename(into / OTHER)
+    (common.extract_src(commit, into) / "fewshot_cli").rename(into / OTHER)
     return into
 
 
