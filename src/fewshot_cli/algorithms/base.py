@@ -176,22 +176,28 @@ class Algorithm(nn.Module):
         """The task loss (``algorithm.loss``) of one task (``[B]`` when fused)."""
         return self.per_task(self.loss_fn, self.forward(params, x, ctx), y, ctx)
 
-    def sgd_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, lr: Any,
-                 create_graph: bool, ctx: Context) -> tuple[Params, torch.Tensor]:
-        """One SGD step on the task loss; ``lr`` is a number or a dict of per-parameter
-        tensors. Returns the new parameters and the loss before the step.
+    def task_gradient(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+                      create_graph: bool, ctx: Context) -> tuple[Params, torch.Tensor]:
+        """The task loss's gradient at ``params`` on ``(x, y)`` (:func:`inner_gradient`: in
+        the graph with ``create_graph``, else a constant) and the loss, detached.
 
         On the fused path the gradient of the summed task losses with respect to
         the ``[B, ...]`` stacks is exactly the stack of per-task gradients, at
-        any order, since task b's loss depends on slice b alone. The gradient is
-        :func:`inner_gradient`'s.
+        any order, since task b's loss depends on slice b alone.
         """
         def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
             loss = self.task_loss(p, x, y, ctx)
             return loss.sum(), loss
 
         grads, loss = inner_gradient(total, params, create_graph)
-        return sgd_update(params, grads, lr), loss.detach()
+        return grads, loss.detach()
+
+    def sgd_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, lr: Any,
+                 create_graph: bool, ctx: Context) -> tuple[Params, torch.Tensor]:
+        """One SGD step on the task loss; ``lr`` is a number or a dict of per-parameter
+        tensors. Returns the new parameters and the loss before the step."""
+        grads, loss = self.task_gradient(params, x, y, create_graph, ctx)
+        return sgd_update(params, grads, lr), loss
 
     # -- adaptation: one function for training, evaluation and plots -------------
     def init_state(self, params: Params, support: Support, ctx: Context) -> Any:

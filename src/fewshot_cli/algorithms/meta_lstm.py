@@ -67,7 +67,7 @@ from ..config import MetaLSTMConfig
 from ..tasks.base import TaskBatch, TaskShape, TaskSource
 from .base import Algorithm, Evaluation
 from .batching import Context, Support, Vectorize, support_batch
-from .params import Metrics, Params, detached, inner_gradient
+from .params import Metrics, Params, detached
 from .settings import Settings
 
 #: Every meta-learner weight but the gate biases starts in U(-INIT_SCALE, INIT_SCALE)
@@ -202,12 +202,7 @@ class MetaLSTM(Algorithm):
     def learner_gradient(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                          ctx: Context) -> tuple[Params, torch.Tensor]:
         """The support gradient and loss at ``params``, as constants (no second order)."""
-        def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
-            loss = self.task_loss(p, x, y, ctx)
-            return loss.sum(), loss
-
-        grads, loss = inner_gradient(total, detached(params), create_graph=False)
-        return grads, loss.detach()
+        return self.task_gradient(detached(params), x, y, False, ctx)
 
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:

@@ -44,7 +44,7 @@ from ..tasks.base import TaskBatch
 from .base import Algorithm
 from .batching import Context, Query, Support, TrainingProgress, Vectorize, support_batch
 from .losses import accuracy
-from .params import Metrics, Params, detached, inner_gradient, sgd_update
+from .params import Metrics, Params, detached, sgd_update
 
 #: The inner Adam's epsilon (the reference code's TensorFlow default).
 ADAM_EPS = 1e-8
@@ -65,21 +65,11 @@ class Reptile(Algorithm):
         return ({k: torch.zeros_like(v) for k, v in params.items()},
                 {k: torch.zeros_like(v) for k, v in params.items()})
 
-    def gradient(self, params: Params, x: torch.Tensor, y: torch.Tensor, ctx: Context
-                 ) -> tuple[Params, torch.Tensor]:
-        """The task loss's gradient at ``params`` on ``(x, y)`` (a constant) and the loss."""
-        def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
-            loss = self.task_loss(p, x, y, ctx)
-            return loss.sum(), loss
-
-        grads, loss = inner_gradient(total, params, create_graph=False)
-        return grads, loss.detach()
-
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
         size = self.cfg.inner_batch if ctx.training else self.cfg.eval_inner_batch
         x, y = support_batch(support, step, size, ctx.fused)
-        grads, loss = self.gradient(params, x, y, ctx)
+        grads, loss = self.task_gradient(params, x, y, False, ctx)
         lr = self.inner_lr
         if state is None:
             return sgd_update(params, grads, lr), None, {"inner_loss": loss}
