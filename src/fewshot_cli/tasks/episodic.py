@@ -23,7 +23,7 @@ wherever the images are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,12 +157,15 @@ class EpisodicTasks:
         queries: int,
         name: str = "images",
         missing: Mapping[str, str] | None = None,
-        files: Mapping[str, Any] | None = None,
+        files: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         if not splits:
             raise ValueError("at least one split is needed")
         self.name = name
-        self._files = dict(files) if files is not None else None
+        #: How to record the files the splits were read from (computed when first asked:
+        #: a fingerprint lists every file, and only starting or resuming a run needs it).
+        self._files = files
+        self._files_record: dict[str, Any] | None = None
         self.ways = ways
         self.shots = shots
         self.queries = queries
@@ -202,7 +205,9 @@ class EpisodicTasks:
         out: dict[str, Any] = {"kind": self.name, "splits": {
             s: classes_record(self._tables[s].data.class_names) for s in self.splits}}
         if self._files is not None:
-            out["files"] = self._files
+            if self._files_record is None:
+                self._files_record = dict(self._files())
+            out["files"] = self._files_record
         return out
 
     @property

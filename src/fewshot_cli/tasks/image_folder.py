@@ -67,5 +67,5 @@ def build(cfg: ImageFolderTask) -> EpisodicTasks:
         )
     return EpisodicTasks(
         splits, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, name="image_folder",
-        missing=missing, files=files_record(root, every),
+        missing=missing, files=lambda: files_record(root, every),
     )

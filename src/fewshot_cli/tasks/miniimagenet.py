@@ -271,5 +271,5 @@ def build(cfg: MiniImagenetTask) -> EpisodicTasks:
              for name, files in classes]
     return EpisodicTasks(
         splits, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, name="miniimagenet",
-        files=files_record(root, every),
+        files=lambda: files_record(root, every),
     )

@@ -43,6 +43,7 @@ without it they are the 1028, 172 and 423 characters.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,10 @@ def scan(folder: Path) -> tuple[list[tuple[str, list]], list[str], list[str]]:
     return classes, names, paths
 
 
-def load(cfg: OmniglotTask) -> tuple[ImageSet, list[str], list[str], int, dict[str, Any]]:
+def load(cfg: OmniglotTask
+         ) -> tuple[ImageSet, list[str], list[str], int, Callable[[], dict[str, Any]]]:
     """Decoded Omniglot (cached): the image set, class names, folders, # background classes,
-    and the record of the files read (:func:`.fingerprint.files_record`)."""
+    and how to record the files read (:func:`.fingerprint.files_record`, when asked)."""
     folder = locate(cfg.root, cfg.download)
     classes, names, paths = scan(folder)
     if not classes:
@@ -145,7 +147,7 @@ def load(cfg: OmniglotTask) -> tuple[ImageSet, list[str], list[str], int, dict[s
     n_background = sum(1 for key, _ in classes if key.startswith(BACKGROUND + "/"))
     prep = Preprocess(image_size=cfg.image_size, mode="1", invert=True, resample="lanczos")
     data = load_image_set(folder, classes, prep, cache_dir=cfg.cache_dir, tag="omniglot")
-    return data, names, paths, n_background, files_record(folder, classes)
+    return data, names, paths, n_background, lambda: files_record(folder, classes)
 
 
 def split_classes(
