@@ -341,7 +341,7 @@ class RunDir:
         previous = self.read_eval()
         kept = (self.keep_unreadable_eval() if previous is None and self.eval_path.is_file()
                 else None)
-        merged = merge_results(self.read_results(), new)
+        merged = merge_results([] if previous is None else results_of(previous), new)
         data = (dumps({**new[0], "format": EVAL_FORMAT, "results": merged}, indent=2)
                 + "\n").encode()
 
@@ -403,10 +403,9 @@ class RunDir:
         format 1 (a single result) is one result. Entries that are not evaluations are
         left out; a missing or unreadable file has none."""
         try:
-            data = json.loads(self.eval_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return self.load_results()
+        except RunDirError:
             return []
-        return results_of(data)
 
 
 def is_run_dir(path: str | Path) -> bool:

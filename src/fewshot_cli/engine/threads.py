@@ -65,13 +65,11 @@ def choose(exp: Experiment, path: Vectorize, requested: int | None, key: str,
     full_key = json.dumps([key, path, candidates])
     cache = vectorize.read_cache(file)
     entry = cache.get(full_key)
-    if not _valid(entry, candidates):
-        source = "measured"
-    elif _best(entry, candidates) > 1:
-        source = "measured again (the cached choice was more than one thread)"
-    else:
+    if _valid(entry, candidates) and _best(entry, candidates) == 1:
         source = "cached measurement"
-    if source != "cached measurement":
+    else:
+        source = ("measured" if not _valid(entry, candidates) else
+                  "measured again (the cached choice was more than one thread)")
         if announce is not None:
             announce(f"timing a meta-update with {' and '.join(map(str, candidates))} threads")
         entry = _measure(exp, path, candidates)
