@@ -15,11 +15,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from . import compare_command
 from .completion import complete_config, complete_run_dir
 from .config import DEVICE_PATTERN, dump_config, load_config, quote
 from .data_commands import data_app
 from .errors import AgreedError, ConfigError, FewshotError, RunDirError
-from .report import ProtocolBars, compare_table, decode_bars, print_eval, print_runs
+from .report import ProtocolBars, decode_bars, print_eval, print_runs
 from .rundir import RunDir
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
           "Reptile, DAML, the LSTM meta-learner."),
 )
 app.add_typer(data_app, name="data")
+app.command("compare")(compare_command.compare)
 out = Console()
 err = Console(stderr=True)
 
@@ -409,36 +411,6 @@ def plot(
         raise _fail(e) from None
     for p in paths:
         out.print(str(p), highlight=False, soft_wrap=True)
-
-
-@app.command()
-def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(
-        metavar="RUN_DIR...", help="Evaluated runs (fewshot eval RUN_DIR first).",
-        show_default=False, autocompletion=complete_run_dir)],
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", metavar="FILE",
-        help="Where to write the overlaid adaptation curves.")] = Path("compare.png"),
-) -> None:
-    """Several runs' evaluations in one table, and their adaptation curves in one figure."""
-    try:
-        from .compare import gather
-
-        entries, warnings = gather([str(p) for p in run_dirs])
-        if output.suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise ConfigError(f"--output {output}: expected a .png, .pdf or .svg file")
-    except FewshotError as e:
-        raise _fail(e) from None
-    for w in warnings:
-        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-    out.print(compare_table(entries))
-    try:
-        from .compare import plot_compare as _plot
-
-        written = _plot(entries, output)
-    except OSError as e:
-        raise _fail(ConfigError(f"--output {output}: cannot write ({e.strerror})")) from None
-    out.print(f"wrote {written}", highlight=False, soft_wrap=True)
 
 
 @app.command("ls")
