@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,11 +16,13 @@ from rich.markup import escape
 
 from . import compare_command
 from .completion import complete_config, complete_run_dir
-from .config import DEVICE_PATTERN, dump_config, load_config, quote
+from .config import dump_config, load_config
 from .data_commands import data_app
 from .errors import AgreedError, ConfigError, FewshotError, RunDirError
+from .options import CheckpointChoice, PlotFormat, QueryBatch, check_device, int_list, passed_on
 from .report import ProtocolBars, decode_bars, print_eval, print_runs
 from .rundir import RunDir
+from .sweepdir import is_sweep_dir
 
 app = typer.Typer(
     add_completion=True,
@@ -102,16 +103,6 @@ def _check_best(run: RunDir, which: str, explicit: bool, doing: str, who: str = 
                   highlight=False, soft_wrap=True)
 
 
-class CheckpointChoice(str, Enum):
-    best = "best"
-    last = "last"
-
-
-class QueryBatch(str, Enum):
-    all = "all"
-    per_class = "per_class"
-
-
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(
@@ -138,16 +129,45 @@ def train(
     threads: Annotated[int | None, typer.Option(
         min=1, metavar="N", help="Intra-op CPU threads (default: measured, usually 1).",
         show_default=False)] = None,
+    seeds: Annotated[str | None, typer.Option(
+        metavar="S[,S...]", help="A sweep: one run per seed, in one sweep directory.",
+        show_default=False)] = None,
+    sweep: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=V1,V2", help="A sweep over these values of KEY (YAML; repeatable: the "
+        "cartesian product).", show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Sweep members run side by side (default: as many as the "
+        "cores allow at the measured thread count).", show_default=False)] = None,
+    shard: Annotated[str | None, typer.Option(
+        metavar="I/N", help="Run part I of N of the sweep (for a scheduler's job array; "
+        "with --run-dir).", show_default=False)] = None,
+    print_commands: Annotated[bool, typer.Option(
+        "--print-commands", metavar="", help="Print one command per sweep member (for a "
+        "scheduler) and exit.")] = False,
 ) -> None:
-    """Meta-train a model into a new run directory, or --resume one."""
+    """Meta-train a model into a new run directory, or --resume one; a sweep with --seeds
+    or --sweep."""
     overrides = list(set_ or [])
     console = err if _rank() == 0 else Console(stderr=True, quiet=True)
     if threads is not None:
         overrides.append(f"train.threads={threads}")
     try:
         if device is not None:
-            _check_device(device)
+            check_device(device)
             overrides.append(f"device={device}")
+        if (seeds is not None or sweep or jobs is not None or shard is not None
+                or print_commands or (resume is not None and is_sweep_dir(resume))):
+            _one_process("train with a sweep")
+            from .sweep_command import train_sweep
+
+            code = train_sweep(
+                config=config, resume=resume, overrides=overrides, seeds=seeds,
+                sweeps=list(sweep or []), jobs=jobs, shard=shard, print_commands=print_commands,
+                dry_run=dry_run, run_dir=run_dir, runs_root=runs_root, threads=threads,
+                progress=progress, out=out, err=err)
+            if code:
+                raise typer.Exit(code)
+            return
         if resume is not None:
             if config is not None:
                 raise ConfigError(f"{config}: a CONFIG is not used with --resume ({resume} "
@@ -243,18 +263,38 @@ def eval_(
         metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = None,
     progress: Annotated[bool, typer.Option(
         metavar="", help="Show a progress bar over the test tasks (on a terminal).")] = True,
+    jobs: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="A sweep directory: members evaluated side by side.",
+        show_default=False)] = None,
 ) -> None:
-    """Adapt a run to new test tasks: a table on the terminal and eval.json.
+    """Adapt a run (or every member of a sweep) to new test tasks: a table on the terminal
+    and eval.json.
 
     Reports the query loss (and accuracy) after 0..S inner steps, with 95% CIs.
     """
     sync = None
+    if is_sweep_dir(run_dir):
+        options = passed_on(checkpoint=checkpoint and checkpoint.value, tasks=tasks,
+                             steps=steps, shots=shots, queries=queries, seed=seed,
+                             inner_lr=inner_lr, query_batch=query_batch and query_batch.value,
+                             device=device)
+        options += [x for b in baseline or [] for x in ("--baseline", str(b))]
+        try:
+            _one_process("eval of a sweep")
+            from .sweep_command import eval_sweep
+
+            code = eval_sweep(run_dir, options, jobs, progress, out, err)
+        except FewshotError as e:
+            raise _fail(e) from None
+        if code:
+            raise typer.Exit(code)
+        return
     try:
         if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
-        shot_list = _int_list("--shots", shots, 1)
-        step_list = _int_list("--steps", steps, 0)
-        _check_device(device)
+        shot_list = int_list("--shots", shots, 1)
+        step_list = int_list("--steps", steps, 0)
+        check_device(device)
         run = RunDir.open(run_dir)
         baselines = [RunDir.open(b) for b in baseline or []]
         from .engine import threads
@@ -321,32 +361,6 @@ def _tensorboard_eval(run: RunDir, results: list[dict]) -> None:
                   highlight=False, soft_wrap=True)
 
 
-def _int_list(option: str, text: str | None, minimum: int) -> list[int] | None:
-    """``--shots 5,10,20``: the distinct values in the order given (None when absent)."""
-    if text is None:
-        return None
-    values: list[int] = []
-    for part in text.split(","):
-        try:
-            value = int(part.strip())
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise ConfigError(f"{option}: expected an integer >= {minimum} or a comma-separated "
-                              f"list of them (e.g. 5,10,20), found {quote(text)}")
-        if value not in values:
-            values.append(value)
-    return values
-
-
-def _check_device(device: str | None) -> None:
-    """A --device that names no device fails here, before torch is loaded (whether the
-    device exists is checked when the run is built)."""
-    if device is not None and not DEVICE_PATTERN.fullmatch(device):
-        raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, "
-                          f"found {quote(device)}")
-
-
 def _warn_killed(run) -> None:  # noqa: ANN001 - RunDir
     if run.status() == "killed":
         meta = run.read_meta()
@@ -354,12 +368,6 @@ def _warn_killed(run) -> None:  # noqa: ANN001 - RunDir
                   f"checkpoint at iteration {meta.get('checkpoint_iteration', '?')}); "
                   f"resume it with: fewshot train --resume {run.path}", highlight=False,
                   soft_wrap=True)
-
-
-class PlotFormat(str, Enum):
-    png = "png"
-    pdf = "pdf"
-    svg = "svg"
 
 
 @app.command()
@@ -387,9 +395,20 @@ def plot(
         metavar="RUN_DIR", help="fit.png: also draw this run's prediction (e.g. the "
         "pretrained baseline) after the same steps.", autocompletion=complete_run_dir)] = None,
 ) -> None:
-    """Draw the run's curves into RUN_DIR/plots/<name>.<format>."""
+    """Draw the run's curves into RUN_DIR/plots/<name>.<format>; for a sweep directory,
+    the curves over its seeds."""
     try:
         _one_process("plot")
+        if is_sweep_dir(run_dir):
+            from .plots.sweep import plot_sweep
+            from .sweepdir import SweepDir
+
+            paths, warnings = plot_sweep(SweepDir.open(run_dir), format_.value)
+            for w in warnings:
+                err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+            for p in paths:
+                out.print(str(p), highlight=False, soft_wrap=True)
+            return
         run = RunDir.open(run_dir)
         base = RunDir.open(baseline) if baseline is not None else None
         _warn_killed(run)

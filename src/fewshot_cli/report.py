@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from .compare import Entry
+    from .compare import Row
     from .listing import Listed
 
 
@@ -139,25 +139,29 @@ def probe_lines(probe: dict | None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ fewshot compare
-def compare_table(entries: list[Entry]) -> Table:
-    """One row per compared run: its score at its evaluated step count, and training cost."""
-    classification = all(e.classification for e in entries)
-    table = Table(title="test-set evaluation of each run (eval.json; 95% CI)",
+def compare_table(rows: list[Row]) -> Table:
+    """The rows of one protocol (:func:`.compare.by_protocol`), titled by it: one line per
+    group, its score at each reported step (mean ± std across seeds, mean 95% CI) and
+    training cost."""
+    from .tables import LEGEND, primary, step_cells, step_headers
+
+    table = Table(title=f"protocol: {rows[0].protocol.caption()}\n{LEGEND}",
                   title_justify="left")
-    table.add_column("run")
-    table.add_column("algorithm")
-    table.add_column("K/steps", justify="right")
-    table.add_column("accuracy %" if classification else "loss", justify="right")
-    table.add_column("its", justify="right")
-    table.add_column("s/it", justify="right")
-    for e in entries:
-        row = e.at(e.steps) or e.result["per_step"][-1]
-        stat = row["accuracy"] if classification else row["loss"]
-        per_it = (f"{e.seconds / e.iterations:.3g}" if e.seconds and e.iterations else "-")
-        table.add_row(e.name if len(e.name) <= 24 else e.name[:23] + "…", e.algorithm,
-                      f"{e.result['settings']['shots']}/{e.steps}",
-                      fmt(stat, 100.0 if classification else 1.0),
-                      "-" if e.iterations is None else str(e.iterations), per_it)
+    for name in ("group", "algorithm", "runs"):
+        table.add_column(name)
+    for name in ("n", "K/steps", *step_headers(rows), "its", "s/it"):
+        table.add_column(name, justify="right")
+    metric = primary(rows)
+    for r in rows:
+        its = sorted(set(r.iterations))
+        per_it = r.seconds_per_iteration
+        names = ", ".join(e.name for e in r.entries)
+        table.add_row(r.label, r.group.algorithm, names if len(names) <= 40 else names[:39] + "…",
+                      str(r.n),
+                      f"{r.protocol.shots}/{','.join(str(s) for s in r.protocol.steps)}",
+                      *step_cells(r, metric),
+                      "-" if not its else str(its[0]) if len(its) == 1 else f"{its[0]}–{its[-1]}",
+                      "-" if per_it is None else f"{per_it:.3g}")
     return table
 
 

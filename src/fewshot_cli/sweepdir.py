@@ -5,7 +5,8 @@
     <sweep>/
       sweep.json       the plan: the axes, and one entry per member (its folder, the
                        settings that vary, its last known status)
-      base.yaml        the resolved config every member starts from (CONFIG and its --set)
+      configs/<member>.yaml   each member's resolved config (CONFIG, its --set and the
+                       member's values), validated before any member started
       logs/<member>.log   each member's own output (stdout and stderr, appended)
       <member>/        an ordinary run directory per combination of the axes' values
 
@@ -18,6 +19,8 @@ sweep command saw; the member's own meta.json is the authority (:meth:`SweepDir.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ SWEEP_FILE = "sweep.json"
 @dataclass(frozen=True)
 class Member:
     """One combination of a sweep's values: its folder name and the settings (dotted
-    config key -> YAML text as given) that make it differ from ``base.yaml``."""
+    config key -> YAML text as given) that set it apart (its values of the swept keys)."""
 
     name: str
     settings: dict[str, str]
@@ -60,9 +63,8 @@ class SweepDir:
     def plan_path(self) -> Path:
         return self.path / SWEEP_FILE
 
-    @property
-    def base_path(self) -> Path:
-        return self.path / "base.yaml"
+    def config_path(self, member: Member) -> Path:
+        return self.path / "configs" / f"{member.name}.yaml"
 
     @property
     def plots_dir(self) -> Path:
@@ -105,6 +107,27 @@ class SweepDir:
 
     def write(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.plan_path, json.dumps(data, indent=2) + "\n")
+
+    def record(self, name: str, **fields: Any) -> None:
+        """Update one member's entry in sweep.json (its status, exit code, ...), under a
+        lock: the parts of a ``--shard``-ed sweep may write at the same time."""
+        with self._locked():
+            data = self.read()
+            for m in data["members"]:
+                if m["name"] == name:
+                    m.update(fields)
+            self.write(data)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with (self.path / ".lock").open("a") as f:
+            try:
+                import fcntl
+
+                fcntl.flock(f, fcntl.LOCK_EX)
+            except (ImportError, OSError):  # no advisory locks here: write unlocked
+                pass
+            yield
 
     def members(self) -> list[Member]:
         """The members, in the plan's order."""

@@ -40,6 +40,7 @@ from .episodes import MAX_QUERY_ROWS, PLOT_SEED, fit_tasks, plot_episode, plot_f
 from .evaluation import plot_adaptation  # noqa: E402
 from .figures import FORMATS, LOSS_NAMES, loss_name, spike_free_top  # noqa: E402
 from .gates import plot_gates  # noqa: E402
+from .sweep import plot_sweep as plot_sweep  # noqa: E402
 
 __all__ = ["FORMATS", "LOSS_NAMES", "MAX_QUERY_ROWS", "PLOT_SEED", "FiguresMissing",
            "algorithm_metrics", "fit_tasks", "loss_name", "plot_accuracy", "plot_adaptation",
