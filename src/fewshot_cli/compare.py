@@ -125,7 +125,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def expand(paths: Sequence[str | Path]) -> tuple[list[RunDir], list[str]]:
     """The run directories named, a sweep directory standing for its members that have one
-    (each run once); warnings for a sweep none of whose members has started."""
+    (each run once); warnings naming the members that have none yet."""
     runs: list[RunDir] = []
     warnings: list[str] = []
     seen: set[Path] = set()
@@ -133,9 +133,11 @@ def expand(paths: Sequence[str | Path]) -> tuple[list[RunDir], list[str]]:
         if is_sweep_dir(p):
             sweep = SweepDir.open(p)
             found = sweep.runs()
-            if not found:
-                warnings.append(f"{sweep.path}: no member of the sweep has a run directory "
-                                "yet; left out")
+            started = {r.path.name for r in found}
+            pending = [m.name for m in sweep.members() if m.name not in started]
+            if pending:
+                warnings.append(f"{sweep.path}: member(s) {', '.join(pending)} have no run "
+                                "directory yet; left out")
         else:
             found = [RunDir.open(p)]
         for run in found:
@@ -300,9 +302,10 @@ class Protocol:
     def caption(self) -> str:
         """The whole protocol in one line, for a table's title."""
         steps = ", ".join(str(s) for s in self.steps)
-        return (f"{self.support}, {self.queries} queries ({self.text}), {self.tasks} test "
-                f"tasks, eval seed {self.seed}, {self.split} split, {self.loss} loss; after "
-                f"{steps} inner step{'s' if self.steps != (1,) else ''}")
+        queries = self.text if self.text else f"{self.queries} queries"
+        return (f"{self.support}; {queries}; {self.tasks} test tasks, eval seed {self.seed}; "
+                f"{self.split} split, {self.loss} loss; after {steps} inner "
+                f"step{'s' if self.steps != (1,) else ''}")
 
 
 @dataclass

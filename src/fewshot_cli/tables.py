@@ -126,7 +126,8 @@ def records(rows: list[Row]) -> list[dict[str, Any]]:
                   "queries": p.queries, "tasks": p.tasks, "eval_seed": p.seed,
                   "split": p.split, "query_batch": p.query_batch, "loss_function": p.loss,
                   "protocol": p.text,
-                  "iterations_mean": sum(its) / len(its) if its else None,
+                  "iterations_mean": (its[0] if len(set(its)) == 1 else sum(its) / len(its))
+                  if its else None,
                   "s_per_it": r.seconds_per_iteration}
         for s in p.steps:
             for m in r.metrics:
