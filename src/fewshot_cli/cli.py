@@ -273,28 +273,25 @@ def eval_(
     Reports the query loss (and accuracy) after 0..S inner steps, with 95% CIs.
     """
     sync = None
-    if is_sweep_dir(run_dir):
-        options = passed_on(checkpoint=checkpoint and checkpoint.value, tasks=tasks,
-                             steps=steps, shots=shots, queries=queries, seed=seed,
-                             inner_lr=inner_lr, query_batch=query_batch and query_batch.value,
-                             device=device)
-        options += [x for b in baseline or [] for x in ("--baseline", str(b))]
-        try:
-            _one_process("eval of a sweep")
-            from .sweep_command import eval_sweep
-
-            code = eval_sweep(run_dir, options, jobs, progress, out, err)
-        except FewshotError as e:
-            raise _fail(e) from None
-        if code:
-            raise typer.Exit(code)
-        return
     try:
         if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
         shot_list = int_list("--shots", shots, 1)
         step_list = int_list("--steps", steps, 0)
         check_device(device)
+        if is_sweep_dir(run_dir):
+            _one_process("eval of a sweep")
+            options = passed_on(checkpoint=checkpoint and checkpoint.value, tasks=tasks,
+                                steps=steps, shots=shots, queries=queries, seed=seed,
+                                inner_lr=inner_lr, device=device,
+                                query_batch=query_batch and query_batch.value)
+            options += [x for b in baseline or [] for x in ("--baseline", str(b))]
+            from .sweep_command import eval_sweep
+
+            code = eval_sweep(run_dir, options, jobs, progress, out, err, step_list)
+            if code:
+                raise typer.Exit(code)
+            return
         run = RunDir.open(run_dir)
         baselines = [RunDir.open(b) for b in baseline or []]
         from .engine import threads

@@ -42,10 +42,10 @@ PROTOCOL_FIELDS = ("protocol", "shots", "ways", "queries", "query_batch", "split
 
 #: Config keys (dotted) left out when deciding whether two runs are replicates of one
 #: setting: keys that identify the replicate, or that cannot change what is learned.
-#: Anything else, even settings that only change the numerics (``device``,
-#: ``train.vectorize``) or what is logged (``train.log_every``: Reptile and the
-#: ``inner_loss_after`` metrics run an extra forward pass on logged iterations, which
-#: batch norm's running statistics see), keeps runs apart.
+#: Anything else keeps runs apart, even settings that may change only the numerics
+#: (``device``, ``train.vectorize``) or what is logged (``train.log_every``: logged
+#: iterations run extra forward passes for their metrics, e.g. ``inner_loss_after``, so
+#: the iterations differ in more than what is written).
 IGNORED_KEYS = frozenset({
     "seed",                   # the replicate itself
     "name",                   # a label for the run directory
@@ -440,8 +440,8 @@ def plot_compare(all_rows: list[Row], path: Path) -> Path:
             band = [(st.std if r.n > 1 else st.ci95) or 0.0 for _, st in curve]
             means += mean
             colour = f"C{i % 10}"
-            label = f"{r.label} (n={r.n})" + (f" [{r.protocol.support}, "
-                                              f"{r.protocol.tasks} tasks]" if several else "")
+            label = (f"{r.label} (n={r.n}, ± {'std' if r.n > 1 else '95% CI'})"
+                     + (f" [{r.protocol.support}, {r.protocol.tasks} tasks]" if several else ""))
             ax.plot(steps, mean, "o-", ms=3, color=colour, label=label)
             ax.fill_between(steps, [a - b for a, b in zip(mean, band)],
                             [a + b for a, b in zip(mean, band)], color=colour, alpha=0.15,
@@ -460,9 +460,8 @@ def plot_compare(all_rows: list[Row], path: Path) -> Path:
     p = all_rows[0].protocol
     setting = ("several protocols" if several
                else f"{p.support}, {p.tasks} tasks, eval seed {p.seed}")
-    fig.suptitle(f"Adaptation to new test tasks: {len(all_rows)} line(s) ({setting}); "
-                 "mean over seeds, band ± std across seeds (n>1) or 95% CI (n=1)",
-                 fontsize=10)
+    fig.suptitle(f"Adaptation to new test tasks ({setting})\nmean over seeds; band: ± std "
+                 "across seeds (n>1), or the run's 95% CI (n=1)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -16,7 +16,7 @@ from rich.table import Table
 from . import sweep as planning
 from .config import Config, load_config, quote
 from .engine.stopping import SIGNAL_EXIT
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError, FewshotError, RunDirError
 from .sweep_run import FINISHED, Job, cores, failed, outcome_word, run_jobs, summary, thread_choice
 from .sweepdir import Member, SweepDir
 
@@ -180,10 +180,11 @@ def _commands(config: Path, overrides: list[str], seeds: str | None, sweeps: lis
 
 
 def eval_sweep(path: Path, options: list[str], jobs: int | None, progress: bool,
-               out: Console, err: Console) -> int:
+               out: Console, err: Console, steps: list[int] | None = None) -> int:
     """``fewshot eval`` of every trained member, on the same test tasks and protocol,
     ``jobs`` at a time (default: as many as the cores allow at the members' recorded
-    thread counts); then the members' table over seeds."""
+    thread counts); then the sweep's table over seeds (as ``fewshot compare``, after
+    ``steps`` when given)."""
     sweep = SweepDir.open(path)
     todo, skipped = [], {}
     for m in sweep.members():
@@ -208,4 +209,23 @@ def eval_sweep(path: Path, options: list[str], jobs: int | None, progress: bool,
                   highlight=False, soft_wrap=True)
     if stopped is not None:
         return SIGNAL_EXIT.get(stopped, 130)
+    if len(bad) < len(todo):
+        _print_groups(sweep, steps, out, err)
     return 1 if bad else 0
+
+
+def _print_groups(sweep: SweepDir, steps: list[int] | None, out: Console, err: Console
+                  ) -> None:
+    """The sweep's evaluations over seeds, as ``fewshot compare SWEEP_DIR`` shows them."""
+    from .compare import by_protocol, compare_rows
+    from .report import compare_table
+
+    try:
+        rows, warnings = compare_rows([str(sweep.path)], None, sorted(set(steps or [])) or None)
+    except FewshotError as e:
+        err.print(f"[yellow]warning:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return
+    for w in warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+    for table in by_protocol(rows):
+        out.print(compare_table(table))
