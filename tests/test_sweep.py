@@ -161,3 +161,10 @@ def test_a_stopped_sweep_resumes_every_member_exactly(tmp_path: Path) -> None:
     invoke("train", SINE, *long, "--set", "seed=0", "--threads", "1", "--run-dir", alone)
     assert losses(target / "seed=0") == losses(alone)
     assert SweepDir(target).status(SweepDir(target).members()[1]) == "completed"
+
+
+def test_ls_lists_sweep_members(two_seeds: Path) -> None:
+    text = invoke("ls", two_seeds.parent)
+    assert f"{two_seeds.name}/seed=0" in text and f"{two_seeds.name}/seed=1" in text
+    text = invoke("ls", two_seeds)
+    assert text.count("seed=0") == 1 and "completed" in text

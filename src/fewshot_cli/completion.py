@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .rundir import is_run_dir
+from .sweepdir import is_sweep_dir
 
 
 def candidates(incomplete: str, wanted: Callable[[Path], bool], depth: int = 3) -> list[str]:
@@ -55,5 +56,5 @@ def complete_config(incomplete: str) -> list[str]:
 
 def complete_run_dir(incomplete: str) -> list[str]:
     """Completions where a command takes a run directory (a folder holding config.yaml
-    or meta.json)."""
-    return candidates(incomplete, lambda p: p.is_dir() and is_run_dir(p))
+    or meta.json) or a sweep directory (sweep.json)."""
+    return candidates(incomplete, lambda p: p.is_dir() and (is_run_dir(p) or is_sweep_dir(p)))

@@ -11,6 +11,7 @@ from typing import Any
 from .compare import algorithm_label
 from .errors import RunDirError
 from .rundir import RunDir
+from .sweepdir import SweepDir, is_sweep_dir
 
 
 @dataclass
@@ -37,15 +38,22 @@ def commit_label(meta: dict[str, Any]) -> str:
 
 
 def find_runs(root: str | Path) -> list[RunDir]:
-    """Every run directory directly under ``root`` (or ``root`` itself), by name."""
+    """Every run directory directly under ``root`` (or ``root`` itself), by name, and the
+    members of every sweep directory there."""
     root = Path(root)
     if not root.is_dir():
         raise RunDirError(f"{root}: no such folder (fewshot ls reads run directories from "
                           "a folder such as runs/)")
     runs = []
-    for p in sorted([root, *root.iterdir()]):
+    for p in sorted([root, *root.iterdir()] if not is_sweep_dir(root) else [root]):
         if p.is_dir() and (p / "config.yaml").is_file() and (p / "meta.json").is_file():
             runs.append(RunDir(p))
+        elif p.is_dir() and is_sweep_dir(p):
+            try:
+                members = SweepDir(p).runs()
+            except RunDirError:
+                continue
+            runs.extend(r for r in members if (r.path / "meta.json").is_file())
     return runs
 
 
@@ -86,7 +94,10 @@ def list_runs(root: str | Path) -> list[Listed]:
             algorithm = algorithm_label(run.read_config())
         except Exception:  # noqa: BLE001 - meta.json's kind then
             pass
-        out.append(Listed(run.path.name, algorithm,
+        name = run.path.name
+        if is_sweep_dir(run.path.parent) and run.path.parent != Path(root):
+            name = f"{run.path.parent.name}/{name}"  # a sweep's member
+        out.append(Listed(name, algorithm,
                           str(meta.get("task", "?")), status, it, best_validation(rows),
                           started, commit_label(meta)))
     return out
