@@ -109,7 +109,7 @@ class ANIL(Algorithm):
 
         def total(h: Params) -> tuple[torch.Tensor, torch.Tensor]:
             loss = self.head_loss(h, features, support.y, ctx)
-            return loss.sum(), loss
+            return self.inner_total(loss), loss
 
         create_graph = ctx.training and not self.cfg.first_order
         grads, loss = inner_gradient(total, head, create_graph)

@@ -102,6 +102,11 @@ class Algorithm(nn.Module):
         self.classification = task.problem == "classification"
         self.inner_lr = cfg.inner_lr
         self.inner_steps = cfg.inner_steps
+        #: The factor from the mean support loss to the one the inner step differentiates:
+        #: N (ways) for ``inner_loss_reduction: sum/K`` in classification, else 1.
+        self.inner_loss_scale = (
+            float(task.output_dim) if self.classification
+            and getattr(cfg, "inner_loss_reduction", "mean") == "sum/K" else 1.0)
 
     # -- the network, functionally ---------------------------------------------
     def params(self) -> Params:
@@ -187,10 +192,16 @@ class Algorithm(nn.Module):
         """
         def total(p: Params) -> tuple[torch.Tensor, torch.Tensor]:
             loss = self.task_loss(p, x, y, ctx)
-            return loss.sum(), loss
+            return self.inner_total(loss), loss
 
         grads, loss = inner_gradient(total, params, create_graph)
         return grads, loss.detach()
+
+    def inner_total(self, loss: torch.Tensor) -> torch.Tensor:
+        """What an inner step differentiates: the tasks' support losses (``[B]`` fused, one
+        task's otherwise) summed, times :attr:`inner_loss_scale`."""
+        total = loss.sum()
+        return total if self.inner_loss_scale == 1.0 else total * self.inner_loss_scale
 
     def sgd_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, lr: Any,
                  create_graph: bool, ctx: Context) -> tuple[Params, torch.Tensor]:

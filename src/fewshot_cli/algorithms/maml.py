@@ -310,9 +310,9 @@ class MAML(Algorithm):
             out = self.forward({**p, **fixed}, support.x, ctx, stats=collect)
             if not collect:
                 loss = self.per_task(self.loss_fn, out, support.y, ctx)
-                return loss.sum(), loss
+                return self.inner_total(loss), loss
             loss = self.per_task(self.loss_fn, out[0], support.y, ctx)
-            return loss.sum(), (loss, out[1])
+            return self.inner_total(loss), (loss, out[1])
 
         grads, aux = inner_gradient(total, adapted, create_graph)
         loss, stats = aux if collect else (aux, None)

@@ -35,6 +35,17 @@ class AlgorithmSection(Section):
         return v
 
 
+#: How the inner (support) loss of a classification task is reduced over its N x K
+#: examples: ``mean``, or ``sum/K``, the reference MAML's (cbfinn/maml: ``xent`` in
+#: utils.py divides each example's cross-entropy by ``update_batch_size``, K, and
+#: ``tf.gradients`` sums them), which is N times the mean. The same step size then takes an
+#: N times larger first step. For regression both are the mean over the K support points.
+InnerReduction = Literal["mean", "sum/K"]
+#: Keys added after runs were made without them: left out of a resolved config at their
+#: default, so an older checkpoint's config still matches it.
+UNSTATED_DEFAULTS: dict[str, Any] = {"inner_loss_reduction": "mean"}
+
+
 class MAMLConfig(AlgorithmSection):
     """MAML (Finn et al. 2017); ``first_order`` gives FOMAML.
 
@@ -51,9 +62,10 @@ class MAMLConfig(AlgorithmSection):
     transductive); ``learned_inner_lrs`` (LSLR): a learned inner step size per parameter
     tensor and inner step, starting at ``inner_lr``; ``cosine_meta_lr`` (CA): the meta
     learning rate follows a cosine from ``meta_lr`` down to ``meta_lr_final`` over training.
-    ``checkpoint_inner_steps``: recompute each inner step in the backward pass (activation
-    checkpointing), so second-order memory stays flat in ``inner_steps``, at the cost of one
-    more support forward and backward per step; not on the vmap or compiled path.
+    ``inner_loss_reduction``: :data:`InnerReduction`. ``checkpoint_inner_steps``: recompute
+    each inner step in the backward pass (activation checkpointing), so second-order memory
+    stays flat in ``inner_steps``, at the cost of one more support forward and backward per
+    step; not on the vmap or compiled path.
     An option that is off is left out of the resolved config (:attr:`OPTIONS_OFF`), so a
     run without MAML++ options resolves to plain MAML's keys alone and a checkpoint whose
     config has none of these keys still matches it.
@@ -61,6 +73,7 @@ class MAMLConfig(AlgorithmSection):
 
     kind: Literal["maml"] = "maml"
     first_order: bool = False
+    inner_loss_reduction: InnerReduction = "mean"
     msl_iterations: PosInt | None = None
     first_order_iterations: PosInt | None = None
     per_step_bn_weights: bool = False
@@ -92,8 +105,8 @@ class MAMLConfig(AlgorithmSection):
     @model_serializer(mode="wrap")
     def _without_options_off(self, handler: Any) -> Any:
         data = handler(self)
-        return {k: v for k, v in data.items()
-                if k not in self.OPTIONS_OFF or v != self.OPTIONS_OFF[k]}
+        off = {**self.OPTIONS_OFF, **UNSTATED_DEFAULTS}
+        return {k: v for k, v in data.items() if k not in off or v != off[k]}
 
 
 class PretrainConfig(AlgorithmSection):
@@ -177,10 +190,17 @@ class MetaSGDConfig(AlgorithmSection):
 class ANILConfig(AlgorithmSection):
     """ANIL (Raghu et al. 2020): MAML whose inner loop adapts the network's head alone, on
     body features computed once per task; ``first_order`` drops the second derivatives of
-    the inner step."""
+    the inner step; ``inner_loss_reduction``: :data:`InnerReduction`."""
 
     kind: Literal["anil"] = "anil"
     first_order: bool = False
+    inner_loss_reduction: InnerReduction = "mean"
+
+    @model_serializer(mode="wrap")
+    def _without_unstated(self, handler: Any) -> Any:
+        data = handler(self)
+        return {k: v for k, v in data.items()
+                if k not in UNSTATED_DEFAULTS or v != UNSTATED_DEFAULTS[k]}
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
