@@ -279,7 +279,7 @@ def test_one_update_meta_gradient_is_the_first_order_formula() -> None:
     with torch.no_grad():
         grads, _ = algo.learner_gradient(algo.params(), support.x, support.y, EVAL)
         g = algo.flat(grads, EVAL)
-        new, (_, _, f, i), _ = algo.inner_step(algo.params(), state, support, 0, EVAL)
+        new, (_, _, f, i, _), _ = algo.inner_step(algo.params(), state, support, 0, EVAL)
     theta1 = algo.flat(new, EVAL).detach().requires_grad_()
     query = algo.task_loss(algo.unflat(theta1), batch.query_x[0], batch.query_y[0], EVAL)
     (a,) = torch.autograd.grad(query, theta1)
@@ -308,8 +308,47 @@ def test_meta_gradient_is_clipped_to_norm_0_25() -> None:
 
 
 # ----------------------------------------------------------------------------- batch norm
-def test_batch_norm_statistics_do_not_leak_across_episodes() -> None:
+def test_meta_test_normalises_queries_with_the_support_batches_running_statistics() -> None:
+    """Paper, sec. 3.4 / reference code: at meta-test the query set is normalised with
+    running averages of the episode's support-batch statistics (from 0 and 1, momentum
+    ``bn_momentum`` per update, at the parameters each update starts from), so a query's
+    prediction does not depend on the other queries; ``eval_batch_norm: batch`` does."""
+    algo, batch = conv_setup(steps=3, inner_batch=3)
+    support = Support(batch.support_x[0], batch.support_y[0])
+    seen: list = []
+    ctx = Context(training=False)
+    with torch.no_grad():
+        algo.adapt(algo.params(), support, 3, ctx, observe=seen.append)
+    running = torch.zeros(4, 2, 3, dtype=torch.float64)
+    running[:, 1] = 1.0
+    for t in range(3):
+        learner = {k: seen[t][k] for k in algo.names}
+        x = batch.support_x[0][3 * (t % 2):3 * (t % 2) + 3]
+        _, stats = functional_call(algo.model, learner, (x,), {"return_stats": True})
+        running = 0.9 * running + 0.1 * stats
+        for j in range(4):
+            torch.testing.assert_close(seen[t + 1][f"blocks.{j}.norm.running_mean"],
+                                       running[j, 0])
+            torch.testing.assert_close(seen[t + 1][f"blocks.{j}.norm.running_var"],
+                                       running[j, 1])
+    queries = batch.query_x[0]
+    adapted = seen[-1]
+    whole = algo.forward(adapted, queries, ctx)
+    torch.testing.assert_close(algo.forward(adapted, queries[:2], ctx), whole[:2])
+    # the batch's own statistics: transductive, and no running statistics are kept
+    algo.cfg = algo.cfg.model_copy(update={"eval_batch_norm": "batch"})
+    seen = []
+    with torch.no_grad():
+        algo.adapt(algo.params(), support, 3, ctx, observe=seen.append)
+    assert set(seen[-1]) == set(algo.names)
+    whole = algo.forward(seen[-1], queries, ctx)
+    assert (algo.forward(seen[-1], queries[:2], ctx) - whole[:2]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("norm", ["running", "batch"])
+def test_batch_norm_statistics_do_not_leak_across_episodes(norm: str) -> None:
     algo, batch = conv_setup(steps=3)
+    algo.cfg = algo.cfg.model_copy(update={"eval_batch_norm": norm})
     assert not list(algo.model.buffers())  # no running statistics to carry
     first = TaskBatch(*(t[:1] for t in (batch.support_x, batch.support_y, batch.query_x,
                                         batch.query_y)))

@@ -35,8 +35,13 @@ gradient descent", appendix A (:func:`preprocess`).
   losses have bounded gradients; a regression loss does not, and a learned input gate
   near 1 on a large gradient sends the learner's weights to infinity (it is on in
   ``configs/sine-meta-lstm.yaml``, whose comment says what happened without it).
-- Batch norm in the learner normalises with the current batch's statistics and holds no
-  running statistics (``models.conv4``), so nothing is carried from one episode to the next.
+- Batch norm in the learner (paper, sec. 3.4): in meta-training it normalises with each
+  batch's own statistics. At meta-test (validation, ``fewshot eval``) the query set is
+  normalised with running averages of the statistics of the episode's support batches,
+  collected during its updates (from 0 and 1, at the parameters each update starts from,
+  ``bn_momentum`` per update) and erased between episodes, as the reference code does
+  (``learner.reset()``, then the learner in 'evaluate' mode for the test set);
+  ``eval_batch_norm: batch`` uses the query batch's own statistics instead.
 
 Two choices where the reference code (github.com/twitter-research/meta-learning-lstm)
 differs from the paper's equations: the gates read the previous gate *values*
@@ -193,20 +198,54 @@ class MetaLSTM(Algorithm):
 
     # -- one task's adaptation ----------------------------------------------------------------
     def init_state(self, params: Params, support: Support, ctx: Context) -> Any:
-        """Zero LSTM hidden and cell states ``[..., n, hidden]`` and previous gates."""
+        """Zero LSTM hidden and cell states ``[..., n, hidden]`` and previous gates; at
+        meta-test with running batch norm also its running statistics ``[..., 4, 2, C]``
+        (means 0, variances 1: erased for each episode)."""
         theta = self.flat(params, ctx).detach()
         state = theta.new_zeros(*theta.shape, self.cfg.hidden)
         gate = theta.new_zeros(theta.shape)
-        return state, state, gate, gate
+        running = None
+        if self.running_norm(ctx):
+            lead = theta.shape[:-1]
+            channels = self.model.norms()[0].channels
+            running = theta.new_zeros(*lead, len(self.model.norms()), 2, channels)
+            running[..., 1, :] = 1.0
+        return state, state, gate, gate, running
+
+    def running_norm(self, ctx: Context) -> bool:
+        """Whether the query set is normalised with the support batches' running statistics
+        (meta-test, ``eval_batch_norm: running``, a learner with batch norm)."""
+        norms = getattr(self.model, "norms", None)
+        return (not ctx.training and self.cfg.eval_batch_norm == "running"
+                and norms is not None and bool(norms()))
 
     def learner_gradient(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                          ctx: Context) -> tuple[Params, torch.Tensor]:
         """The support gradient and loss at ``params``, as constants (no second order)."""
         return self.task_gradient(detached(params), x, y, False, ctx)
 
+    def support_statistics(self, params: Params, x: torch.Tensor, ctx: Context
+                           ) -> torch.Tensor:
+        """The batch statistics ``[..., 4, 2, C]`` of a support batch at ``params``."""
+        if ctx.fused:
+            return self.model.forward_tasks(params, x, return_stats=True)[1]
+        return torch.func.functional_call(self.model, params, (x,),
+                                          {"return_stats": True})[1]
+
+    def running_params(self, running: torch.Tensor) -> Params:
+        """Running statistics by the names batch norm reads them under."""
+        norms = {id(m) for m in self.model.norms()}
+        names = [n for n, m in self.model.named_modules() if id(m) in norms]
+        out: Params = {}
+        for j, name in enumerate(names):
+            out[f"{name}.running_mean"] = running[..., j, 0, :]
+            out[f"{name}.running_var"] = running[..., j, 1, :]
+        return out
+
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
-        h, c, f_prev, i_prev = state
+        h, c, f_prev, i_prev, running = state
+        params = {k: params[k] for k in self.names}  # without the running statistics
         x, y = support_batch(support, step, self.cfg.inner_batch, ctx.fused)
         grads, loss = self.learner_gradient(params, x, y, ctx)
         g = self.flat(grads, ctx)
@@ -218,11 +257,16 @@ class MetaLSTM(Algorithm):
         h, c = self.lstm(torch.cat([loss_in, preprocess(g, p)], dim=-1), h, c)
         f, i = self.cell(h, theta, f_prev, i_prev)
         new = self.unflat(f * theta - i * g)
+        if running is not None:
+            m = self.cfg.bn_momentum
+            stats = self.support_statistics(detached(params), x, ctx)
+            running = (1 - m) * running + m * stats
+            new.update(self.running_params(running))
         metrics = {"inner_loss": loss, "input_gate": i.detach().mean(-1),
                    "forget_gate": f.detach().mean(-1)}
         if not ctx.training:
             metrics.update(self.gate_statistics(i.detach(), f.detach()))
-        return new, (h, c, f, i), metrics
+        return new, (h, c, f, i, running), metrics
 
     def gate_statistics(self, i: torch.Tensor, f: torch.Tensor) -> Metrics:
         """Per learner layer: the mean and the standard deviation of each gate over the

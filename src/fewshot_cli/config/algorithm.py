@@ -149,6 +149,14 @@ class MetaLSTMConfig(AlgorithmSection):
     learner's gradient to [-c, c] (null: none, as in the paper); ``sgd_reference_lrs``:
     the fixed learning rates of the plain-SGD reference ``fewshot eval`` adds, the best on
     ``sgd_reference_tasks`` validation tasks (empty: no reference).
+
+    ``eval_batch_norm``: how the learner's batch norm normalises the query set at meta-test
+    (validation and ``fewshot eval``): ``running``, with running averages collected on the
+    episode's support batches during its updates and erased between episodes (the paper,
+    sec. 3.4, and the reference code: the learner in 'evaluate' mode after
+    ``learner.reset()``), updated as ``(1 - bn_momentum) * running + bn_momentum * batch``
+    from 0 and 1; or ``batch``, with the query batch's own statistics (transductive). In
+    meta-training both use the batch's statistics, as the paper does.
     """
 
     kind: Literal["meta_lstm"] = "meta_lstm"
@@ -161,6 +169,8 @@ class MetaLSTMConfig(AlgorithmSection):
     inner_grad_clip: PosFloat | None = None
     sgd_reference_lrs: list[PosFloat] = [0.003, 0.01, 0.03, 0.1, 0.3]
     sgd_reference_tasks: PosInt = 100
+    eval_batch_norm: Literal["running", "batch"] = "running"
+    bn_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1
 
     @field_validator("forget_bias_init", "input_bias_init")
     @classmethod

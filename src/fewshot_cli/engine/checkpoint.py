@@ -118,7 +118,9 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 #: Config keys that may differ between a checkpoint and the run's config.yaml:
 #: where the data lives, how long and how to train or evaluate, the device.
 FREE_KEYS = ("name", "device", "train.", "eval.", "task.root", "task.download", "task.cache_dir",
-             "task.images_on_device")
+             "task.images_on_device",
+             # how the meta-LSTM's learner normalises at meta-test: not what was trained
+             "algorithm.eval_batch_norm", "algorithm.bn_momentum")
 
 
 def config_differences(trained: dict[str, Any], current: dict[str, Any]) -> list[str]:
