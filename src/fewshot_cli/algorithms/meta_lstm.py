@@ -358,9 +358,21 @@ class SGDReference(Algorithm):
         super().__init__(learner.model, learner.cfg, learner.task_shape, learner.settings)
         self.inner_lr = lr
         self.inner_batch = learner.cfg.inner_batch
+        self.__dict__["learner"] = learner  # not a submodule: it shares the network
 
-    def inner_step(self, params: Params, state: None, support: Support, step: int,
-                   ctx: Context) -> tuple[Params, None, Metrics]:
+    def init_state(self, params: Params, support: Support, ctx: Context) -> Any:
+        """The meta-LSTM's running batch norm statistics at meta-test (None otherwise), so
+        the reference is scored under the same protocol."""
+        return self.learner.init_state(params, support, ctx)[4]
+
+    def inner_step(self, params: Params, state: Any, support: Support, step: int,
+                   ctx: Context) -> tuple[Params, Any, Metrics]:
+        learner: MetaLSTM = self.learner
+        params = {k: params[k] for k in learner.names}
         x, y = support_batch(support, step, self.inner_batch, ctx.fused)
         new, loss = self.sgd_step(params, x, y, self.inner_lr, False, ctx)
-        return new, None, {"inner_loss": loss}
+        if state is not None:
+            m = learner.cfg.bn_momentum
+            state = (1 - m) * state + m * learner.support_statistics(detached(params), x, ctx)
+            new.update(learner.running_params(state))
+        return new, state, {"inner_loss": loss}
