@@ -296,6 +296,11 @@ class Algorithm(nn.Module):
                                      else t, (loss, metrics))
         return loss.mean(), {k: v.detach().mean(0) for k, v in metrics.items()}
 
+    def meta_grad_clip_value(self) -> float | None:
+        """Clip each element of the meta-gradient to [-c, c] (before the norm clip); None:
+        no clipping."""
+        return None
+
     def meta_grad_clip(self) -> float | None:
         """Clip the meta-gradient to this norm over all meta-parameters (``inf``: only
         measure it); None: no clipping. The engine reports the norm as ``meta_grad_norm``."""

@@ -184,8 +184,14 @@ class MAML(Algorithm):
             per_step = model.per_step_norm(self.inner_steps, bn_weights, bn_stats)
         self.per_step_norm = bn_weights or bn_stats
         self.bn_statistics = bn_stats
-        #: The parameters the inner loop adapts: all but the per-step batch norm sets.
-        self.adapted = [n for n, _ in model.named_parameters() if n not in per_step]
+        #: The parameters the inner loop adapts: all but the per-step batch norm sets (and
+        #: but batch norm's scale and offset without ``inner_adapts_batch_norm``).
+        norms = ({id(m) for m in model.norms()} if hasattr(model, "norms")
+                 and not option("inner_adapts_batch_norm", True) else set())
+        norm_names = {f"{n}.{k}" for n, m in model.named_modules() if id(m) in norms
+                      for k in ("weight", "bias")}
+        self.adapted = [n for n, _ in model.named_parameters()
+                        if n not in per_step and n not in norm_names]
         sets = set(model.norm_step(0)) if self.per_step_norm else set()
         running = {k for k in sets if k.endswith(("running_mean", "running_var"))}
         #: BNRS's running statistics, where evaluation normalises with them.
@@ -201,6 +207,9 @@ class MAML(Algorithm):
     @classmethod
     def learns_step_sizes(cls, cfg: AlgorithmSection) -> bool:
         return bool(getattr(cfg, "learned_inner_lrs", False))
+
+    def meta_grad_clip_value(self) -> float | None:
+        return getattr(self.cfg, "meta_grad_clip_value", None)
 
     @property
     def available_paths(self) -> tuple[Vectorize, ...]:

@@ -43,7 +43,9 @@ class AlgorithmSection(Section):
 InnerReduction = Literal["mean", "sum/K"]
 #: Keys added after runs were made without them: left out of a resolved config at their
 #: default, so an older checkpoint's config still matches it.
-UNSTATED_DEFAULTS: dict[str, Any] = {"inner_loss_reduction": "mean"}
+UNSTATED_DEFAULTS: dict[str, Any] = {"inner_loss_reduction": "mean",
+                                     "meta_grad_clip_value": None,
+                                     "inner_adapts_batch_norm": True}
 
 
 class MAMLConfig(AlgorithmSection):
@@ -62,7 +64,12 @@ class MAMLConfig(AlgorithmSection):
     transductive); ``learned_inner_lrs`` (LSLR): a learned inner step size per parameter
     tensor and inner step, starting at ``inner_lr``; ``cosine_meta_lr`` (CA): the meta
     learning rate follows a cosine from ``meta_lr`` down to ``meta_lr_final`` over training.
-    ``inner_loss_reduction``: :data:`InnerReduction`. ``checkpoint_inner_steps``: recompute
+    ``inner_loss_reduction``: :data:`InnerReduction`. ``meta_grad_clip_value``: clip each
+    element of the meta-gradient to [-c, c] (the reference code does, at 10, on
+    mini-ImageNet: maml.py, ``tf.clip_by_value``); null: none. ``inner_adapts_batch_norm``:
+    false keeps the batch norm scale and offset out of the inner loop (meta-learned, not
+    adapted), as the reference code's batch norm variables are not among its fast weights.
+    ``checkpoint_inner_steps``: recompute
     each inner step in the backward pass (activation checkpointing), so second-order memory
     stays flat in ``inner_steps``, at the cost of one more support forward and backward per
     step; not on the vmap or compiled path.
@@ -74,6 +81,8 @@ class MAMLConfig(AlgorithmSection):
     kind: Literal["maml"] = "maml"
     first_order: bool = False
     inner_loss_reduction: InnerReduction = "mean"
+    meta_grad_clip_value: PosFloat | None = None
+    inner_adapts_batch_norm: bool = True
     msl_iterations: PosInt | None = None
     first_order_iterations: PosInt | None = None
     per_step_bn_weights: bool = False

@@ -13,7 +13,7 @@ import math
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from .algorithm import ALGORITHM_SECTIONS, AlgorithmConfig, MAMLConfig
 from .base import PosFloat, PosInt, Range, Section, Seed, check_range
@@ -186,6 +186,16 @@ class Conv4Model(Section):
     filters: PosInt = 64
     strided: bool = False
     batch_norm: bool = True
+    #: ``torch``: torch's default initialisation; ``reference``: the reference MAML's
+    #: (cbfinn/maml, maml.py ``construct_conv_weights``): Xavier-uniform convolutions, zero
+    #: biases, the head N(0, 1) after strided blocks (Omniglot) or Xavier-uniform after
+    #: max-pooled ones (mini-ImageNet).
+    init: Literal["torch", "reference"] = "torch"
+
+    @model_serializer(mode="wrap")
+    def _without_default_init(self, handler: Any) -> Any:
+        data = handler(self)  # left out at its default: older checkpoints' configs lack it
+        return {k: v for k, v in data.items() if k != "init" or v != "torch"}
 
 
 ModelConfig = Annotated[Union[MLPModel, Conv4Model], Field(discriminator="kind")]

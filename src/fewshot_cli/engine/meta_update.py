@@ -38,6 +38,11 @@ def meta_update(algo: Algorithm, batch: TaskBatch, vectorize: Vectorize,
         loss.backward()
     algo.settings.group.gradients(algo)
     metrics = {"loss": loss.detach(), **metrics}
+    value = algo.meta_grad_clip_value()
+    if value is not None:
+        for p in algo.parameters():
+            if p.grad is not None:
+                p.grad.clamp_(-value, value)
     clip = algo.meta_grad_clip()
     if clip is not None:
         metrics["meta_grad_norm"] = nn.utils.clip_grad_norm_(algo.parameters(), clip).detach()

@@ -26,10 +26,13 @@ def build(cfg: MLPModel | Conv4Model, source: TaskSource) -> nn.Module:
             f"model.kind: conv4 needs image tasks, found inputs of shape {source.input_shape}"
         )
     try:
-        return Conv4(source.input_shape, source.output_dim, cfg.filters, cfg.strided,
-                     cfg.batch_norm)
+        model = Conv4(source.input_shape, source.output_dim, cfg.filters, cfg.strided,
+                      cfg.batch_norm)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+    if cfg.init == "reference":
+        model.reference_init()
+    return model
 
 
 __all__ = ["MLP", "Conv4", "build"]

@@ -161,6 +161,22 @@ class Conv4(nn.Module):
         features = filters if strided else filters * h * w
         self.head = nn.Linear(features, ways)
 
+    def reference_init(self) -> None:
+        """The reference MAML's initialisation (cbfinn/maml, maml.py
+        ``construct_conv_weights``): Xavier-uniform convolution weights, zero biases, and a
+        head drawn from N(0, 1) after strided blocks (its Omniglot network) or Xavier-uniform
+        after max-pooled ones (its mini-ImageNet network); batch norm starts at scale 1,
+        offset 0 either way."""
+        with torch.no_grad():
+            for block in self.blocks:
+                nn.init.xavier_uniform_(block.conv.weight)
+                nn.init.zeros_(block.conv.bias)
+            if self.strided:
+                nn.init.normal_(self.head.weight, 0.0, 1.0)
+            else:
+                nn.init.xavier_uniform_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
     #: The parameters of the linear head; every other parameter belongs to the body.
     head_names: tuple[str, ...] = ("head.weight", "head.bias")
 

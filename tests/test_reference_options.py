@@ -1,6 +1,7 @@
-"""``algorithm.inner_loss_reduction: sum/K``: the first inner step equals the reference
-MAML's (cbfinn/maml), whose support loss is each example's cross-entropy divided by K and
-summed by ``tf.gradients``; ``mean`` takes a step N times smaller at the same step size."""
+"""The reference MAML's (cbfinn/maml) settings as options: ``inner_loss_reduction: sum/K``
+(its support loss is each example's cross-entropy divided by K and summed by
+``tf.gradients``; ``mean`` takes a step N times smaller at the same step size),
+``inner_adapts_batch_norm: false`` and ``meta_grad_clip_value``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_cli.algorithms import Context, Support
+from fewshot_cli.algorithms import Context, Support, TrainingProgress
 from fewshot_cli.algorithms.anil import ANIL
 from fewshot_cli.algorithms.maml import MAML
 from fewshot_cli.config import ANILConfig, MAMLConfig, load_config
+from fewshot_cli.engine.meta_update import meta_update
 from fewshot_cli.models.conv4 import Conv4
-from fewshot_cli.tasks.base import TaskShape
+from fewshot_cli.tasks.base import TaskBatch, TaskShape
 
 WAYS, SHOTS = 20, 1
 SHAPE = TaskShape("classification", (1, 28, 28), WAYS)
@@ -73,3 +75,60 @@ def test_the_setting_is_left_out_at_its_default_and_checked() -> None:
     with pytest.raises(Exception, match="inner_loss_reduction"):
         load_config(ROOT / "configs" / "omniglot-20w1s-maml.yaml",
                     ["algorithm.inner_loss_reduction=sum"])
+
+
+def test_batch_norm_can_stay_out_of_the_inner_loop() -> None:
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), WAYS, filters=4).double()
+    x, y = _task()
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for adapts in (True, False):
+        algo = MAML(model, MAMLConfig(loss="cross_entropy", inner_lr=0.1, inner_steps=2,
+                                      inner_adapts_batch_norm=adapts), SHAPE)
+        adapted = algo.adapt(algo.params(), Support(x, y), 2, Context(training=False)).params
+        for k, v in adapted.items():
+            moved = not torch.equal(v, start[k])
+            assert moved == (adapts or ".norm." not in k), k
+    # the scale and offset are still meta-learned
+    algo.zero_grad()
+    batch = TaskBatch(x[None], y[None], x[None], y[None])
+    loss, _ = algo.meta_loss(batch, "loop", TrainingProgress(1, 1))
+    loss.backward()
+    assert model.blocks[0].norm.weight.grad.abs().sum() > 0
+
+
+def test_meta_gradients_are_clipped_elementwise() -> None:
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), WAYS, filters=4).double()
+    x, y = _task()
+    batch = TaskBatch(x[None], y[None], x[None], y[None])
+    algo = MAML(model, MAMLConfig(loss="cross_entropy", inner_lr=0.1, meta_grad_clip_value=1e-4),
+                SHAPE)
+    opt = torch.optim.SGD(algo.parameters(), lr=0.0)
+    meta_update(algo, batch, "loop", TrainingProgress(1, 1), opt)
+    grads = torch.cat([p.grad.flatten() for p in algo.parameters()])
+    assert grads.abs().max() <= 1e-4 and (grads.abs() == 1e-4).any()
+
+
+def test_reference_initialisation() -> None:
+    from fewshot_cli.models import build
+
+    for strided in (True, False):
+        cfg = load_config(ROOT / "configs" / "omniglot-5w1s-maml.yaml",
+                          ["model.init=reference", f"model.strided={str(strided).lower()}",
+                           "model.filters=32"]).model
+        source = TaskShape("classification", (1, 28, 28), 5)
+        torch.manual_seed(0)
+        model = build(cfg, source)
+        conv = model.blocks[1].conv.weight
+        bound = (6 / (9 * 32 + 9 * 32)) ** 0.5  # Xavier-uniform, fan in and out 3 x 3 x 32
+        assert conv.abs().max() <= bound and conv.abs().max() > 0.9 * bound
+        assert all(not b.conv.bias.detach().any() for b in model.blocks)
+        head = model.head.weight
+        if strided:
+            assert 0.8 < float(head.std()) < 1.2  # N(0, 1)
+        else:
+            assert head.abs().max() <= (6 / (head.shape[0] + head.shape[1])) ** 0.5
+        assert not model.head.bias.detach().any()
+    assert "init" not in load_config(ROOT / "configs" / "omniglot-5w1s-maml.yaml"
+                                     ).to_dict()["model"]
