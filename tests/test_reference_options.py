@@ -120,11 +120,11 @@ def test_reference_initialisation() -> None:
         source = TaskShape("classification", (1, 28, 28), 5)
         torch.manual_seed(0)
         model = build(cfg, source)
-        conv = model.blocks[1].conv.weight
+        conv = model.blocks[1].conv.weight.detach()
         bound = (6 / (9 * 32 + 9 * 32)) ** 0.5  # Xavier-uniform, fan in and out 3 x 3 x 32
         assert conv.abs().max() <= bound and conv.abs().max() > 0.9 * bound
         assert all(not b.conv.bias.detach().any() for b in model.blocks)
-        head = model.head.weight
+        head = model.head.weight.detach()
         if strided:
             assert 0.8 < float(head.std()) < 1.2  # N(0, 1)
         else:
