@@ -1,0 +1,181 @@
+"""The reproduction table: the papers' numbers against this project's, each a mean over seeds
+read from a sweep directory, with the protocol it was measured under.
+
+Each entry of ``ROWS`` names the paper and setting, the sweep that measures it (a config,
+``--sweep`` values and seeds), the evaluation (``fewshot eval`` options), the statistic and
+step reported, the paper's number and the paper's test protocol. A row is reported under
+the paper's protocol only when every setting of that protocol matches the evaluation's;
+otherwise it goes to a separate table, so that a number measured another way never sits
+next to the paper's as if it were the same.
+
+    python benchmarks/reproduce.py --root runs/reproduce                  # the table
+    python benchmarks/reproduce.py --root runs/reproduce --run sine-maml  # run it first
+
+``--run`` trains each named sweep that is missing and resumes one that is unfinished
+(``fewshot train --resume``), then evaluates it; everything can be stopped and run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import common
+
+sys.path.insert(0, str(common.ROOT / "src"))
+from fewshot_cli.compare import compare_rows, value_text  # noqa: E402
+from fewshot_cli.errors import FewshotError  # noqa: E402
+
+
+@dataclass
+class Row:
+    """One line of the table: a setting of one sweep (``group``: its swept values) scored at
+    ``step`` inner steps on ``metric``."""
+
+    sweep: str            # sweep folder name under --root
+    paper: str
+    setting: str
+    group: dict[str, str]
+    metric: str           # "loss" (regression) or "accuracy_pct"
+    step: int
+    paper_value: str      # as the paper prints it ("98.7 ± 0.4"), or "figure only"
+    protocol: dict[str, Any]  # the paper's test protocol: shots, queries, tasks, ...
+    note: str = ""
+
+
+@dataclass
+class Sweep:
+    """How a sweep directory of ``ROWS`` is made."""
+
+    config: str
+    seeds: str
+    sweep: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+    eval: list[str] = field(default_factory=list)
+
+
+SWEEPS: dict[str, Sweep] = {
+    # MAML paper, sec. 5.1: K = 5, 10, 20 support points, one inner step in training, MSE on
+    # 100 query points after 1 and 10 steps of alpha = 0.01 at test
+    "sine-maml": Sweep("configs/sine-maml.yaml", "0,1,2,3", ["task.shots=5,10,20"],
+                       eval=["--steps", "1,10"]),
+}
+
+_SINE = {"tasks": 600, "queries": 100}
+ROWS: list[Row] = [
+    Row("sine-maml", "Finn et al. 2017 (MAML), Fig. 2",
+        f"sinusoid, K = {k}, {s} step{'s' * (s > 1)}", {"task.shots": str(k)}, "loss", s,
+        "figure only", {"shots": k, "steps": s, **_SINE},
+        "the paper plots these curves and prints no number")
+    for k in (5, 10, 20) for s in (1, 10)
+]
+
+
+def fewshot(*args: str) -> None:
+    """``fewshot ARGS`` in the repository, its output shown; exit if it fails."""
+    print("$ fewshot " + " ".join(args), flush=True)
+    code = subprocess.run([sys.executable, "-m", "fewshot_cli", *args], cwd=common.ROOT,
+                          env={**os.environ}).returncode
+    if code != 0:
+        raise SystemExit(f"fewshot {' '.join(args)} failed (exit {code})")
+
+
+def run(name: str, root: Path) -> None:
+    """Train (or resume) and evaluate sweep ``name`` under ``root``."""
+    s = SWEEPS[name]
+    target = root / name
+    if (target / "sweep.json").is_file():
+        fewshot("train", "--resume", str(target), "--no-progress")
+    else:
+        fewshot("train", s.config, "--seeds", s.seeds,
+                *[x for v in s.sweep for x in ("--sweep", v)],
+                *common.set_flags(s.sets), "--run-dir", str(target), "--no-progress")
+    fewshot("eval", str(target), *s.eval, "--no-progress")
+
+
+def measured(row: Row, root: Path) -> Any:
+    """The row's group in its sweep's table over seeds (a ``compare.Row``; None when the
+    sweep has not been run or evaluated yet)."""
+    target = root / row.sweep
+    if not (target / "sweep.json").is_file():
+        return None
+    try:
+        rows, _ = compare_rows([str(target)], None, [row.step])
+    except FewshotError:
+        return None
+    for r in rows:
+        if all(value_text(r.group.settings.get(k)) == v for k, v in row.group.items()):
+            return r
+    return None
+
+
+def protocol_of(r: Any) -> dict[str, Any]:
+    """What a row's evaluation protocol is, in the terms of ``Row.protocol``; ``steps``: the
+    most inner steps every run was adapted for."""
+    p = r.protocol
+    return {"shots": p.shots, "queries": p.queries, "tasks": p.tasks,
+            "query_batch": p.query_batch,
+            "steps": min(int(e.result["settings"]["steps"]) for e in r.entries)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, required=True, help="folder of the sweeps")
+    parser.add_argument("--run", default="", help="comma-separated sweeps to train and "
+                        f"evaluate first ({', '.join(SWEEPS)}; 'all')")
+    common.add_write_results_option(parser)
+    args = parser.parse_args()
+    wanted = list(SWEEPS) if args.run == "all" else [x for x in args.run.split(",") if x]
+    for name in wanted:
+        if name not in SWEEPS:
+            raise SystemExit(f"--run: unknown sweep {name!r} (known: {', '.join(SWEEPS)})")
+        run(name, args.root)
+    paper_rows, other_rows, missing = [], [], []
+    for row in ROWS:
+        got = measured(row, args.root)
+        if got is None:
+            missing.append(f"{row.paper}: {row.setting} (sweep {row.sweep})")
+            continue
+        r = got
+        stat = r.stat(row.step, row.metric)
+        ours = "–" if stat.mean is None else (
+            f"{stat.mean:.4g} ± {stat.std:.2g}" if stat.std is not None else f"{stat.mean:.4g}")
+        ci = "–" if stat.ci95 is None else f"{stat.ci95:.2g}"
+        protocol = protocol_of(r)
+        differs = {k: (protocol.get(k), v) for k, v in row.protocol.items()
+                   if k != "steps" and protocol.get(k) != v}
+        if row.step > protocol["steps"]:
+            differs["steps"] = (protocol["steps"], row.step)
+        seconds = [e.seconds for e in r.entries if e.seconds]
+        its = sorted(set(r.iterations))
+        line = (f"| {row.paper} | {row.setting} | {row.paper_value} | {ours} | {stat.n} | {ci} "
+                f"| {'/'.join(map(str, its)) or '–'} | "
+                f"{sum(seconds) / max(len(seconds), 1):.0f} s |")
+        if differs:
+            how = ", ".join(f"{k} {a} (paper {b})" for k, (a, b) in differs.items())
+            other_rows.append(line[:-1] + f" {how} |")
+        else:
+            paper_rows.append(line)
+    head = ("| paper | setting | paper's number | ours: mean ± std over seeds | seeds | "
+            "mean 95% CI of a run | iterations | training time per run |")
+    rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    text = [f"Command: `{common.command_line(__file__)}`; {time.strftime('%Y-%m-%d')}, "
+            f"{os.cpu_count()} cores.", "", "Under the papers' own test protocols:", "",
+            head, rule, *paper_rows]
+    if other_rows:
+        text += ["", "Measured under another protocol (not comparable with the paper's "
+                 "number as it stands):", "", head[:-1] + " how it differs |",
+                 rule + " --- |", *other_rows]
+    if missing:
+        text += ["", "Not run yet: " + "; ".join(missing) + "."]
+    common.publish("\n".join(text), args.write_results)
+
+
+if __name__ == "__main__":
+    main()
