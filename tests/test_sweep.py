@@ -78,6 +78,7 @@ def test_eval_and_plot_of_a_sweep_directory(two_seeds: Path) -> None:
     (["--sweep", "algorithm.inner_lr=0.1", "--set", "algorithm.inner_lr=0.2"], "both --set"),
     (["--seeds", "0,1", "--shard", "0/2"], "--shard"),
     (["--seeds", "0,1", "--shard", "1/2"], "--run-dir"),
+    (["--jobs", "2"], "are for sweeps"),
 ])
 def test_bad_sweeps_are_one_error_and_write_nothing(tmp_path: Path, args: list[str],
                                                     expected: str,

@@ -69,6 +69,9 @@ def train_sweep(*, config: Path | None, resume: Path | None, overrides: list[str
         return _run(sweep, members, configs, overrides, jobs, threads, progress, out, err)
     if config is None:
         raise ConfigError("missing CONFIG (a YAML experiment config), or --resume SWEEP_DIR")
+    if seeds is None and not sweeps:
+        raise ConfigError("--jobs, --shard and --print-commands are for sweeps: add --seeds "
+                          "S,S... or --sweep KEY=V1,V2")
 
     def note(text: str) -> None:
         err.print(f"note: {escape(text)}", highlight=False, soft_wrap=True)
