@@ -134,6 +134,8 @@ def _run(sweep: SweepDir, members: list[Member], configs: dict[str, Config],
     slots = jobs
     if slots is None and threads is None and any(_uses_gpu(c) for c in configs.values()):
         slots = 1  # one GPU: members take turns (--jobs N shares it)
+    elif slots is not None and slots > 1 and threads is None:
+        threads = max(1, cores() // slots)  # side by side: the cores shared, none measured
 
     def record(job: Job) -> None:
         sweep.record(job.member.name, status="running" if job.code is None else
