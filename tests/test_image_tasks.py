@@ -508,3 +508,34 @@ def test_real_omniglot_background_split(real_cache: Path) -> None:
     cfg = OmniglotTask(root=str(REAL_OMNIGLOT), cache_dir=str(real_cache), split="background")
     src = omniglot.build(cfg)
     assert [src.num_classes(s) for s in ("train", "val", "test")] == [4 * 864, 100, 659]
+
+
+def test_omniglot_per_task_rotations_turn_each_class_of_every_task(
+        omni_root: Path, tmp_path: Path) -> None:
+    """``rotations: per_task`` (the reference MAML): the classes are the characters alone,
+    and in every task, test tasks too, each class is one rotation of its character, chosen
+    at random per task."""
+    cfg = omni_cfg(omni_root, tmp_path, shots=2, queries=3).model_copy(
+        update={"rotations": "per_task"})
+    src = omniglot.build(cfg)
+    assert (src.num_classes("train"), src.num_classes("test")) == (10, 6)
+    assert not any("@rot" in n for n in src.class_names("train"))
+    data, names, _, _, _ = omniglot.load(cfg)
+    per_class = data.class_indices()
+    for split in ("train", "test"):
+        b = src.sample(16, gen(5), split=split)
+        split_names = src.class_names(split)
+        seen_turns = set()
+        for t in range(16):
+            for j in range(3):
+                base = data.images[per_class[names.index(
+                    split_names[int(b.info["classes"][t, j])])]].float() / 255
+                imgs = b.support_x[t].view(2, 3, 1, 28, 28)[:, j]
+                turns = [r for r in range(4) if all(
+                    any(torch.equal(img, w) for w in torch.rot90(base, r, dims=(-2, -1)))
+                    for img in imgs)]
+                assert turns, (split, t, j)  # every image of the class turned alike
+                seen_turns.update(turns)
+        assert seen_turns == {0, 1, 2, 3}, split
+    # the same seed draws the same tasks
+    assert torch.equal(src.sample(4, gen(9)).support_x, src.sample(4, gen(9)).support_x)

@@ -127,7 +127,7 @@ class OmniglotTask(ImageTask):
     split: Literal["maml", "background", "vinyals"] = "maml"
     train_classes: PosInt = 1200
     val_classes: PosInt = 100
-    rotations: bool = True
+    rotations: bool | Literal["per_task"] = True
     split_seed: Seed = 1
 
     @model_validator(mode="after")

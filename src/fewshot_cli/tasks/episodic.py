@@ -60,7 +60,7 @@ class SplitData:
 class _Table:
     """A split ready for sampling: padded index table, per-class counts."""
 
-    def __init__(self, data: SplitData) -> None:
+    def __init__(self, data: SplitData, task_rotations: bool = False) -> None:
         counts = torch.tensor([len(ix) for ix in data.class_images], dtype=torch.int64)
         n_classes = len(data.class_images)
         width = int(counts.max()) if n_classes else 0
@@ -76,13 +76,15 @@ class _Table:
         self.n_classes = n_classes
         self.fewest = int(counts.min()) if n_classes else 0
         self.rotations = None
-        if data.rotations is not None and bool((data.rotations % 4 != 0).any()):
+        turned = data.rotations is not None and bool((data.rotations % 4 != 0).any())
+        if turned or task_rotations:
             h, w = self.images.shape[-2:]
-            if data.rotations.shape != (n_classes,):
+            if turned and data.rotations.shape != (n_classes,):
                 raise ValueError("rotations must hold one entry per class")
             if h != w:
                 raise ValueError("rotated classes need square images")
-            self.rotations = data.rotations.to(torch.int64) % 4
+            self.rotations = (data.rotations.to(torch.int64) % 4 if turned
+                              else torch.zeros(n_classes, dtype=torch.int64))
             # Row r maps each output pixel to its source pixel under rot90(., r):
             # gathering with it rotates a whole batch at once (much faster than rot90 copies).
             grid = torch.arange(h * w).view(h, w)
@@ -158,6 +160,7 @@ class EpisodicTasks:
         name: str = "images",
         missing: Mapping[str, str] | None = None,
         files: Callable[[], Mapping[str, Any]] | None = None,
+        task_rotations: bool = False,
     ) -> None:
         if not splits:
             raise ValueError("at least one split is needed")
@@ -171,7 +174,10 @@ class EpisodicTasks:
         self.queries = queries
         self.output_dim = ways
         self._missing = dict(missing or {})
-        self._tables = {split: _Table(data) for split, data in splits.items()}
+        #: Each class of every task drawn turned by its own random multiple of 90 degrees
+        #: (the reference MAML's Omniglot tasks), rather than rotations as extra classes.
+        self.task_rotations = task_rotations
+        self._tables = {split: _Table(data, task_rotations) for split, data in splits.items()}
         shapes = {tuple(t.images.shape[1:]) for t in self._tables.values()}
         if len(shapes) != 1:
             raise ValueError(f"all splits must share one image shape, found {sorted(shapes)}")
@@ -267,7 +273,10 @@ class EpisodicTasks:
         # index_select, not images[index]: it is an order of magnitude faster for uint8 rows.
         x = t.images.index_select(0, index.flatten()).view(b, n, per_class, *shape)
         if t.rotations is not None:
-            turns = t.rotations[classes].to(device, non_blocking=True)  # [B, N] quarter turns
+            turns = t.rotations[classes]  # [B, N] quarter turns
+            if self.task_rotations:
+                turns = (turns + torch.randint(0, 4, (b, n), generator=generator)) % 4
+            turns = turns.to(device, non_blocking=True)
             hw = shape[-2] * shape[-1]
             flat = x.view(b, n, per_class * shape[0], hw)
             pixels = t.rot_pixels[turns].unsqueeze(2).expand(b, n, per_class * shape[0], hw)

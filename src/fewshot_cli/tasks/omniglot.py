@@ -206,7 +206,7 @@ def vinyals_classes(names: list[str], root: str | Path) -> dict[str, list[int]]:
 
 def rotated(cfg: OmniglotTask, split: str) -> bool:
     """Whether ``split``'s characters come in four rotations (module docstring)."""
-    return bool(cfg.rotations) and (split == "train" or cfg.split == "vinyals")
+    return cfg.rotations is True and (split == "train" or cfg.split == "vinyals")
 
 
 def build(cfg: OmniglotTask) -> EpisodicTasks:
@@ -228,5 +228,5 @@ def build(cfg: OmniglotTask) -> EpisodicTasks:
         )
     return EpisodicTasks(
         splits, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, name="omniglot",
-        files=files,
+        files=files, task_rotations=cfg.rotations == "per_task",
     )
