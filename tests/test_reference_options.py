@@ -132,3 +132,23 @@ def test_reference_initialisation() -> None:
         assert not model.head.bias.detach().any()
     assert "init" not in load_config(ROOT / "configs" / "omniglot-5w1s-maml.yaml"
                                      ).to_dict()["model"]
+
+
+def test_batch_norm_without_a_scale_on_every_path() -> None:
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), WAYS, filters=4, batch_norm_scale=False).double()
+    assert not any(".norm.weight" in n for n, _ in model.named_parameters())
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, WAYS, 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.arange(WAYS).expand(2, -1).contiguous()
+    batch = TaskBatch(x, y, x, y)
+    algo = MAML(model, MAMLConfig(loss="cross_entropy", inner_lr=0.1,
+                                  inner_adapts_batch_norm=False), SHAPE)
+    losses = {}
+    for path in ("loop", "vmap", "fused"):
+        losses[path] = algo.meta_loss(batch, path, TrainingProgress(1, 1))[0]
+    torch.testing.assert_close(losses["loop"], losses["vmap"])
+    torch.testing.assert_close(losses["loop"], losses["fused"])
+    with pytest.raises(Exception, match="batch_norm_scale"):
+        MAML(Conv4((1, 28, 28), WAYS, filters=4, batch_norm_scale=False),
+             MAMLConfig(loss="cross_entropy", per_step_bn_weights=True), SHAPE)

@@ -181,7 +181,10 @@ class MAML(Algorithm):
                          else f"model {type(model).__name__}")
                 raise ConfigError(f"algorithm.{key}: needs model.kind conv4 with batch_norm: "
                                   f"true, found {found}")
-            per_step = model.per_step_norm(self.inner_steps, bn_weights, bn_stats)
+            try:
+                per_step = model.per_step_norm(self.inner_steps, bn_weights, bn_stats)
+            except ValueError as e:
+                raise ConfigError(f"algorithm.{key}: {e}") from None
         self.per_step_norm = bn_weights or bn_stats
         self.bn_statistics = bn_stats
         #: The parameters the inner loop adapts: all but the per-step batch norm sets (and

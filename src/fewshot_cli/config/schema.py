@@ -191,11 +191,15 @@ class Conv4Model(Section):
     #: biases, the head N(0, 1) after strided blocks (Omniglot) or Xavier-uniform after
     #: max-pooled ones (mini-ImageNet).
     init: Literal["torch", "reference"] = "torch"
+    #: false: batch norm has no learned scale (a constant 1), as the reference MAML's
+    #: (``tf.contrib.layers.batch_norm``'s default ``scale=False``, utils.py ``normalize``).
+    batch_norm_scale: bool = True
 
     @model_serializer(mode="wrap")
-    def _without_default_init(self, handler: Any) -> Any:
-        data = handler(self)  # left out at its default: older checkpoints' configs lack it
-        return {k: v for k, v in data.items() if k != "init" or v != "torch"}
+    def _without_defaults_added_later(self, handler: Any) -> Any:
+        data = handler(self)  # left out at their defaults: older checkpoints' configs lack them
+        later = {"init": "torch", "batch_norm_scale": True}
+        return {k: v for k, v in data.items() if k not in later or v != later[k]}
 
 
 ModelConfig = Annotated[Union[MLPModel, Conv4Model], Field(discriminator="kind")]

@@ -27,7 +27,7 @@ def build(cfg: MLPModel | Conv4Model, source: TaskSource) -> nn.Module:
         )
     try:
         model = Conv4(source.input_shape, source.output_dim, cfg.filters, cfg.strided,
-                      cfg.batch_norm)
+                      cfg.batch_norm, cfg.batch_norm_scale)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     if cfg.init == "reference":

@@ -74,11 +74,14 @@ class BatchStatNorm(nn.Module):
     per-step sets (MAML++).
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, scale: bool = True) -> None:
         super().__init__()
         self.eps = eps
         self.channels = channels
-        self.weight = nn.Parameter(torch.ones(channels))
+        if scale:
+            self.weight = nn.Parameter(torch.ones(channels))
+        else:  # no learned scale: a constant 1 (the reference MAML's batch norm)
+            self.register_buffer("weight", torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", None)
         self.register_buffer("running_var", None)
@@ -105,6 +108,9 @@ class BatchStatNorm(nn.Module):
         and ``bias`` then become empty and must be given) and/or of running statistics
         (buffers ``step_mean``, ``step_var``, starting at 0 and 1). Returns the names of the
         new parameters."""
+        if weights and not isinstance(self.weight, nn.Parameter):
+            raise ValueError("per-step batch norm weights need a batch norm scale (model."
+                             "batch_norm_scale: true)")
         if weights:
             self.step_weight = nn.Parameter(self.weight.detach().expand(steps, -1).clone())
             self.step_bias = nn.Parameter(self.bias.detach().expand(steps, -1).clone())
@@ -127,11 +133,12 @@ class BatchStatNorm(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, strided: bool, batch_norm: bool) -> None:
+    def __init__(self, c_in: int, c_out: int, strided: bool, batch_norm: bool,
+                 scale: bool = True) -> None:
         super().__init__()
         self.strided = strided
         self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if strided else 1, padding=1)
-        self.norm = BatchStatNorm(c_out) if batch_norm else nn.Identity()
+        self.norm = BatchStatNorm(c_out, scale=scale) if batch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, stats: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The block's output; ``stats``, when given, receives the batch statistics of the
@@ -147,12 +154,14 @@ class Conv4(nn.Module):
     """Conv4 classifier for ``input_shape = (C, H, W)`` and ``ways`` classes."""
 
     def __init__(self, input_shape: tuple[int, int, int], ways: int, filters: int = 64,
-                 strided: bool = False, batch_norm: bool = True) -> None:
+                 strided: bool = False, batch_norm: bool = True,
+                 batch_norm_scale: bool = True) -> None:
         super().__init__()
         c, h, w = input_shape
         self.strided = strided
         self.blocks = nn.ModuleList(
-            ConvBlock(c if i == 0 else filters, filters, strided, batch_norm) for i in range(4)
+            ConvBlock(c if i == 0 else filters, filters, strided, batch_norm, batch_norm_scale)
+            for i in range(4)
         )
         for _ in range(4):
             h, w = ((h + 1) // 2, (w + 1) // 2) if strided else (h // 2, w // 2)
@@ -315,7 +324,12 @@ class Conv4(nn.Module):
         return self.get_parameter(name).shape
 
     def _stacked(self, params: Mapping[str, torch.Tensor], name: str, b: int) -> torch.Tensor:
-        """``params[name]`` as a ``[B, *shape]`` stack (:func:`.stacking.stacked`)."""
+        """``params[name]`` as a ``[B, *shape]`` stack (:func:`.stacking.stacked`); a batch
+        norm without a learned scale reads its constant one."""
+        if name not in params and name.endswith(".norm.weight"):
+            constant = self.get_submodule(name.rpartition(".")[0]).weight
+            if not isinstance(constant, nn.Parameter):
+                return constant.expand(b, -1)
         return stacked(params, name, self._shape(name), b)
 
     def features_tasks(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
