@@ -67,11 +67,12 @@ SWEEPS: dict[str, Sweep] = {
                        eval=["--steps", "1,10"]),
 }
 
-_SINE = {"tasks": 600, "queries": 100}
+#: The reference code's sinusoid test: K support and K query points per task (main.py,
+#: ``update_batch_size*2``); the number of test tasks is not stated, 600 is taken.
 ROWS: list[Row] = [
     Row("sine-maml", "Finn et al. 2017 (MAML), Fig. 2",
         f"sinusoid, K = {k}, {s} step{'s' * (s > 1)}", {"task.shots": str(k)}, "loss", s,
-        "figure only", {"shots": k, "steps": s, **_SINE},
+        "figure only", {"shots": k, "steps": s, "queries": k},
         "the paper plots these curves and prints no number")
     for k in (5, 10, 20) for s in (1, 10)
 ]

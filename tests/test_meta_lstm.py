@@ -311,7 +311,7 @@ def test_meta_gradient_is_clipped_to_norm_0_25() -> None:
 def test_meta_test_normalises_queries_with_the_support_batches_running_statistics() -> None:
     """Paper, sec. 3.4 / reference code: at meta-test the query set is normalised with
     running averages of the episode's support-batch statistics (from 0 and 1, momentum
-    ``bn_momentum`` per update, at the parameters each update starts from), so a query's
+    ``bn_momentum`` (0.9) per update, at the parameters each update starts from), so a query's
     prediction does not depend on the other queries; ``eval_batch_norm: batch`` does."""
     algo, batch = conv_setup(steps=3, inner_batch=3)
     support = Support(batch.support_x[0], batch.support_y[0])
@@ -325,7 +325,7 @@ def test_meta_test_normalises_queries_with_the_support_batches_running_statistic
         learner = {k: seen[t][k] for k in algo.names}
         x = batch.support_x[0][3 * (t % 2):3 * (t % 2) + 3]
         _, stats = functional_call(algo.model, learner, (x,), {"return_stats": True})
-        running = 0.9 * running + 0.1 * stats
+        running = 0.1 * running + 0.9 * stats  # bn_momentum 0.9, torch7's convention
         for j in range(4):
             torch.testing.assert_close(seen[t + 1][f"blocks.{j}.norm.running_mean"],
                                        running[j, 0])

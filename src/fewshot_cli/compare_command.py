@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 
 from .completion import complete_run_dir
 from .errors import ConfigError, FewshotError
@@ -45,13 +44,6 @@ def parse_steps(text: str | None) -> list[int] | None:
         raise ConfigError(f"--steps: expected an integer >= 0 or a comma-separated list of "
                           f"them (e.g. 1,5,10), found {text!r}")
     return values
-
-
-def _print_wide(table: object) -> None:
-    """A Rich table on stdout, no cell wrapped (wider than the terminal rather)."""
-    wide = Console(width=10_000)
-    width = Measurement.get(wide, wide.options, table).maximum  # type: ignore[arg-type]
-    Console(width=max(out.width, width), highlight=False).print(table)
 
 
 def compare(
@@ -92,10 +84,10 @@ def compare(
     for w in warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     if fmt is Format.table:
-        from .report import compare_table
+        from .report import compare_table, print_wide
 
         for table in by_protocol(rows):
-            _print_wide(compare_table(table))
+            print_wide(out, compare_table(table))
     else:
         from .tables import RENDERERS
 

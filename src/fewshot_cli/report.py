@@ -180,13 +180,17 @@ def runs_table(listed: list[Listed]) -> Table:
     return table
 
 
+def print_wide(out: Console, table: Table) -> None:
+    """``table`` on ``out``'s stream with no cell wrapped: wider than the terminal rather."""
+    wide = Console(width=10_000)
+    width = max(out.width, Measurement.get(wide, wide.options, table).maximum)
+    Console(width=width, highlight=False, file=out.file).print(table)
+
+
 def print_runs(out: Console, listed: list[Listed]) -> None:
     """:func:`runs_table` and what its "best val." means, one line per run however long its
     name: wider than the terminal rather than wrapped."""
-    table = runs_table(listed)
-    wide = Console(width=10_000)
-    width = max(out.width, Measurement.get(wide, wide.options, table).maximum)
-    Console(width=width, highlight=False).print(table)
+    print_wide(out, runs_table(listed))
     out.print("best val.: highest validation accuracy, or lowest median validation loss; "
               "commit: the code's, + for uncommitted changes", highlight=False, style="dim")
 

@@ -223,7 +223,7 @@ def _print_groups(sweep: SweepDir, steps: list[int] | None, out: Console, err: C
                   ) -> None:
     """The sweep's evaluations over seeds, as ``fewshot compare SWEEP_DIR`` shows them."""
     from .compare import by_protocol, compare_rows
-    from .report import compare_table
+    from .report import compare_table, print_wide
 
     try:
         rows, warnings = compare_rows([str(sweep.path)], None, sorted(set(steps or [])) or None)
@@ -233,4 +233,4 @@ def _print_groups(sweep: SweepDir, steps: list[int] | None, out: Console, err: C
     for w in warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     for table in by_protocol(rows):
-        out.print(compare_table(table))
+        print_wide(out, compare_table(table))

@@ -164,8 +164,10 @@ class MetaLSTMConfig(AlgorithmSection):
     episode's support batches during its updates and erased between episodes (the paper,
     sec. 3.4, and the reference code: the learner in 'evaluate' mode after
     ``learner.reset()``), updated as ``(1 - bn_momentum) * running + bn_momentum * batch``
-    from 0 and 1; or ``batch``, with the query batch's own statistics (transductive). In
-    meta-training both use the batch's statistics, as the paper does.
+    from 0 and 1 (torch7's convention; the reference's ``BN_momentum`` is 0.9 for 1-shot and
+    0.95 for 5-shot, config/lstm/train-imagenet-*.lua, passed on by model/lstm-classifier.lua);
+    or ``batch``, with the query batch's own statistics (transductive). In meta-training
+    both use the batch's statistics, as the paper does.
     """
 
     kind: Literal["meta_lstm"] = "meta_lstm"
@@ -179,7 +181,7 @@ class MetaLSTMConfig(AlgorithmSection):
     sgd_reference_lrs: list[PosFloat] = [0.003, 0.01, 0.03, 0.1, 0.3]
     sgd_reference_tasks: PosInt = 100
     eval_batch_norm: Literal["running", "batch"] = "running"
-    bn_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1
+    bn_momentum: Annotated[float, Field(gt=0, le=1)] = 0.9
 
     @field_validator("forget_bias_init", "input_bias_init")
     @classmethod
