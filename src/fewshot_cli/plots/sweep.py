@@ -195,9 +195,25 @@ def adaptation_curves(sweep: SweepDir) -> tuple[list[SettingCurves], list[str]]:
     return curves, warnings
 
 
+#: The config keys whose sweep makes an evaluation setting differ between settings, as
+#: intended (a sweep over ``task.shots`` evaluates each setting with its own K).
+SWEPT_BY = {"shots": ("task.shots",), "ways": ("task.ways",),
+            "queries": ("task.queries", "eval.queries"), "tasks": ("eval.tasks",),
+            "seed": ("eval.seed",), "query_batch": ("eval.query_batch",),
+            "loss": ("algorithm.loss",)}
+
+
 def _differing(curves: list[SettingCurves]) -> list[str]:
-    every = [r for c in curves for r in c.results]
-    return [k for k in PROTOCOL if len({repr(r["settings"].get(k)) for r in every}) > 1]
+    """The protocol fields that differ within a setting, or between settings without a
+    swept key behind the difference."""
+    swept = {k for c in curves for k in c.settings}
+    out = []
+    for k in PROTOCOL:
+        within = any(len({repr(r["settings"].get(k)) for r in c.results}) > 1 for c in curves)
+        across = len({repr(r["settings"].get(k)) for c in curves for r in c.results}) > 1
+        if within or (across and not swept & set(SWEPT_BY.get(k, ()))):
+            out.append(k)
+    return out
 
 
 def _protocol_warning(curves: list[SettingCurves]) -> str | None:
@@ -215,7 +231,10 @@ def _common_protocol(curves: list[SettingCurves], classification: bool) -> str:
     s = curves[0].results[0]["settings"]
     differ = _differing(curves)
     parts = []
-    if "shots" not in differ:
+    shots = {r["settings"].get("shots") for c in curves for r in c.results}
+    if len(shots) > 1 and "shots" not in differ:
+        parts.append("K as in the legend")
+    elif "shots" not in differ:
         parts.append(f"K={s.get('shots')}")
     if "queries" not in differ:
         q = s.get("queries")
