@@ -16,7 +16,16 @@ from matplotlib.ticker import MaxNLocator
 
 from ..config import Config
 from ..rundir import RunDir
-from .figures import counted, footer, log_scale_helps, loss_name, mark_beyond, save, ylimits
+from .figures import (
+    counted,
+    finish_adaptation_axis,
+    footer,
+    log_scale_helps,
+    loss_name,
+    mark_beyond,
+    save,
+    ylimits,
+)
 
 #: Settings that tell two evaluations of a run apart (besides shots); shown in a curve's
 #: label where they differ between the curves of a figure, else once under the title.
@@ -125,16 +134,10 @@ def plot_adaptation(run: RunDir, results: list[dict[str, Any]], cfg: Config,
                 diverged_any = True
                 ax.plot([b[0] for b in bad], [b[1] for b in bad], "x", color=colour, ms=8,
                         mew=2)
+        finish_adaptation_axis(ax, m, loss, means, limits, log)
         if limits is not None:
-            ax.set_ylim(*limits)
             for _, _, colour, steps, mean, _, _ in curves:
                 clipped_any |= mark_beyond(ax, steps, mean, limits[1], colour, annotate=3) > 0
-        elif log:  # a band reaching below zero ends at the axis
-            ax.set_ylim(bottom=min(v for v in means if v > 0) / 1.5)
-        ax.set_xlabel("inner steps at test time")
-        ax.set_ylabel("query accuracy (%)" if m == "accuracy" else f"query loss ({loss})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(Patch(color="0.5", alpha=0.3))
     labels.append("95% CI of the mean")

@@ -93,6 +93,22 @@ def ylimits(values: list[float], top: float, log: bool) -> tuple[float, float]:
     return lo - margin, top + margin
 
 
+def finish_adaptation_axis(ax: plt.Axes, metric: str, loss: str, means: list[float],
+                           limits: tuple[float, float] | None, log: bool) -> None:
+    """An adaptation panel's y range (``limits``, else a log axis ending above zero: a band
+    reaching below it ends at the axis), labels, integer step ticks and grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    if limits is not None:
+        ax.set_ylim(*limits)
+    elif log:
+        ax.set_ylim(bottom=min(v for v in means if v > 0) / 1.5)
+    ax.set_xlabel("inner steps at test time")
+    ax.set_ylabel("query accuracy (%)" if metric == "accuracy" else f"query loss ({loss})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
 def mark_beyond(ax: plt.Axes, xs: list[float], ys: list[float], top: float, color: str,
                  annotate: int = 6) -> int:
     """Upward triangles at the top edge for the points above ``top``, the largest

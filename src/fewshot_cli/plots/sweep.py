@@ -36,6 +36,7 @@ from ..sweepdir import Member, SweepDir
 from .figures import (
     FORMATS,
     counted,
+    finish_adaptation_axis,
     log_scale_helps,
     loss_name,
     mark_beyond,
@@ -282,17 +283,11 @@ def _draw_adaptation(sweep: SweepDir, curves: list[SettingCurves], path: Path) -
             ax.plot(c.steps, mean, "o-", ms=3, color=colour, label=c.label)
             ax.fill_between(c.steps, mean - band, mean + band, color=colour, alpha=0.15, lw=0,
                             hatch="///" if c.band_kind == "ci95" else None)
+        finish_adaptation_axis(ax, m, loss, means, limits, log)
         if limits is not None:
-            ax.set_ylim(*limits)
             for i, c in enumerate(curves):
                 clipped_any |= mark_beyond(ax, c.steps, list(c.mean[m]), limits[1],
                                            f"C{i % 10}", annotate=3) > 0
-        elif log:  # a band reaching below zero ends at the axis
-            ax.set_ylim(bottom=min(v for v in means if v > 0) / 1.5)
-        ax.set_xlabel("inner steps at test time")
-        ax.set_ylabel("query accuracy (%)" if m == "accuracy" else f"query loss ({loss})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if any(c.band_kind == "std" for c in curves):
         handles.append(Patch(color="0.5", alpha=0.3))
