@@ -18,7 +18,6 @@ next to the paper's as if it were the same.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -94,8 +93,8 @@ ROWS: list[Row] = [
 def fewshot(*args: str) -> None:
     """``fewshot ARGS`` in the repository, its output shown; exit if it fails."""
     print("$ fewshot " + " ".join(args), flush=True)
-    code = subprocess.run([sys.executable, "-m", "fewshot_cli", *args], cwd=common.ROOT,
-                          env={**os.environ}).returncode
+    code = subprocess.run([sys.executable, "-m", "fewshot_cli", *args],
+                          cwd=common.ROOT).returncode
     if code != 0:
         raise SystemExit(f"fewshot {' '.join(args)} failed (exit {code})")
 
@@ -141,6 +140,16 @@ def protocol_of(r: Any) -> dict[str, Any]:
             "steps": min(int(e.result["settings"]["steps"]) for e in r.entries)}
 
 
+def machine(r: Any) -> str:
+    """Where a row's runs trained (meta.json): device, its name, threads per run."""
+    seen = set()
+    for e in r.entries:
+        meta = e.run.read_meta()
+        seen.add(f"{meta.get('device', '?')} ({meta.get('device_name', '?')}, "
+                 f"{meta.get('threads', '?')} thread(s))")
+    return "; ".join(sorted(seen))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the sweeps")
@@ -173,21 +182,21 @@ def main() -> None:
         its = sorted(set(r.iterations))
         line = (f"| {row.paper} | {row.setting} | {row.paper_value} | {ours} | {stat.n} | {ci} "
                 f"| {'/'.join(map(str, its)) or '–'} | "
-                f"{sum(seconds) / max(len(seconds), 1):.0f} s |")
+                f"{sum(seconds) / max(len(seconds), 1):.0f} s | {machine(r)} |")
         if differs:
             how = ", ".join(f"{k} {a} (paper {b})" for k, (a, b) in differs.items())
-            other_rows.append(line[:-1] + f" {how} |")
+            other_rows.append(line + f" {how} |")
         else:
             paper_rows.append(line)
     head = ("| paper | setting | paper's number | ours: mean ± std over seeds | seeds | "
-            "mean 95% CI of a run | iterations | training time per run |")
-    rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-    text = [f"Command: `{common.command_line(__file__)}`; {time.strftime('%Y-%m-%d')}, "
-            f"{os.cpu_count()} cores.", "", "Under the papers' own test protocols:", "",
-            head, rule, *paper_rows]
+            "mean 95% CI of a run | iterations | training time per run | machine |")
+    rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    text = [f"Command: `{common.command_line(__file__)}`; {time.strftime('%Y-%m-%d')}.", "",
+            "Under the papers' own test protocols:", ""]
+    text += [head, rule, *paper_rows] if paper_rows else ["(none yet)"]
     if other_rows:
         text += ["", "Measured under another protocol (not comparable with the paper's "
-                 "number as it stands):", "", head[:-1] + " how it differs |",
+                 "number as it stands):", "", head + " how it differs |",
                  rule + " --- |", *other_rows]
     if missing:
         text += ["", "Not run yet: " + "; ".join(missing) + "."]
