@@ -169,3 +169,18 @@ def test_ls_lists_sweep_members(two_seeds: Path) -> None:
     assert f"{two_seeds.name}/seed=0" in text and f"{two_seeds.name}/seed=1" in text
     text = invoke("ls", two_seeds)
     assert text.count("seed=0") == 1 and "completed" in text
+
+
+def test_member_names_and_values() -> None:
+    from fewshot_cli.sweep import members_of, parse_axes, split_values
+
+    assert split_values("5, [40,40],{a: 1, b: 2},'x,y'") == ["5", "[40,40]", "{a: 1, b: 2}",
+                                                              "'x,y'"]
+    axes = parse_axes("0,1", ["algorithm.inner_lr=-1,sum/K", "task.shots=5"])
+    assert list(axes) == ["algorithm.inner_lr", "task.shots", "seed"]  # seeds vary last
+    names = [m.name for m in members_of(axes)]
+    assert names == ["inner_lr=-1_seed=0", "inner_lr=-1_seed=1", "inner_lr=sum-K_seed=0",
+                     "inner_lr=sum-K_seed=1"]  # only what varies; signs kept
+    both = members_of(parse_axes(None, ["task.shots=1,2", "eval.shots=3,4"]))
+    assert both[0].name == "task.shots=1_eval.shots=3"  # a shared last part: the full key
+    assert both[0].overrides == ["task.shots=1", "eval.shots=3"]

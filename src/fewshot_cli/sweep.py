@@ -81,6 +81,14 @@ def _labels(axes: dict[str, list[str]]) -> dict[str, str]:
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(axes, last)}
 
 
+def _safe(value: str) -> str:
+    """A value as a folder name's part: ``[40,40]`` -> ``40-40``, ``sum/K`` -> ``sum-K``; a
+    leading minus sign is kept (``-1``)."""
+    text = _UNSAFE.sub("-", value)
+    text = text.rstrip("-") if value.startswith("-") else text.strip("-")
+    return text or "x"
+
+
 def members_of(axes: dict[str, list[str]]) -> list[Member]:
     """One member per combination, named by the values that vary (``shots=5_seed=0``)."""
     labels = _labels(axes)
@@ -88,8 +96,7 @@ def members_of(axes: dict[str, list[str]]) -> list[Member]:
     out, seen = [], set()
     for combo in itertools.product(*axes.values()):
         settings = dict(zip(axes, combo))
-        name = "_".join(f"{labels[k]}={_UNSAFE.sub('-', settings[k]).strip('-') or 'x'}"
-                        for k in varying)
+        name = "_".join(f"{labels[k]}={_safe(settings[k])}" for k in varying)
         base, i = name, 1
         while name in seen:  # two values that differ only in unsafe characters
             i += 1
