@@ -112,6 +112,16 @@ def algorithm_label(cfg: Any) -> str:
     return ("fo" if getattr(algo, "first_order", False) else "") + algo.kind
 
 
+def stated(model: Any) -> Any:
+    """A config with every key at its value, defaults included (``to_dict`` leaves out keys
+    added in later versions at their defaults, so that older checkpoints match; compared
+    here, a key one run states and another leaves out is the same setting)."""
+    fields = getattr(type(model), "model_fields", None)
+    if fields is None:
+        return model
+    return {k: stated(getattr(model, k)) for k in fields}
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"train": {"iterations": 5}}`` -> ``{"train.iterations": 5}`` (lists kept whole)."""
     out: dict[str, Any] = {}
@@ -175,7 +185,7 @@ def _entry(run: RunDir, shots: int | None, steps: Sequence[int] | None) -> Entry
     it, seconds = _training(run)
     report = tuple(steps) if steps else (int(chosen["settings"]["steps"]),)
     return Entry(run, chosen, algorithm_label(cfg), cfg.task.kind, it, seconds,
-                 flatten(cfg.to_dict()), report)
+                 flatten(stated(cfg)), report)
 
 
 def gather(paths: Sequence[str | Path], shots: int | None = None,
