@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import PosFloat, PosInt, Range, Section, check_range
 
@@ -41,11 +41,6 @@ class AlgorithmSection(Section):
 #: ``tf.gradients`` sums them), which is N times the mean. The same step size then takes an
 #: N times larger first step. For regression both are the mean over the K support points.
 InnerReduction = Literal["mean", "sum/K"]
-#: Keys added after runs were made without them: left out of a resolved config at their
-#: default, so an older checkpoint's config still matches it.
-UNSTATED_DEFAULTS: dict[str, Any] = {"inner_loss_reduction": "mean",
-                                     "meta_grad_clip_value": None,
-                                     "inner_adapts_batch_norm": True}
 
 
 class MAMLConfig(AlgorithmSection):
@@ -111,11 +106,9 @@ class MAMLConfig(AlgorithmSection):
                              "found false")
         return self
 
-    @model_serializer(mode="wrap")
-    def _without_options_off(self, handler: Any) -> Any:
-        data = handler(self)
-        off = {**self.OPTIONS_OFF, **UNSTATED_DEFAULTS}
-        return {k: v for k, v in data.items() if k not in off or v != off[k]}
+    UNSTATED: ClassVar[dict[str, Any]] = {
+        **OPTIONS_OFF, "inner_loss_reduction": "mean", "meta_grad_clip_value": None,
+        "inner_adapts_batch_norm": True}
 
 
 class PretrainConfig(AlgorithmSection):
@@ -217,11 +210,7 @@ class ANILConfig(AlgorithmSection):
     first_order: bool = False
     inner_loss_reduction: InnerReduction = "mean"
 
-    @model_serializer(mode="wrap")
-    def _without_unstated(self, handler: Any) -> Any:
-        data = handler(self)
-        return {k: v for k, v in data.items()
-                if k not in UNSTATED_DEFAULTS or v != UNSTATED_DEFAULTS[k]}
+    UNSTATED: ClassVar[dict[str, Any]] = {"inner_loss_reduction": "mean"}
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -18,6 +18,17 @@ class Section(BaseModel):
     (no key means anything by them; ``null`` is how a config says "no limit")."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    #: Keys left out of the resolved config while at these values: options added after runs
+    #: were made without them (so an older checkpoint's config still matches), and options
+    #: that are off.
+    UNSTATED: ClassVar[dict[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _without_unstated(self, handler: Any) -> Any:
+        data = handler(self)
+        off = self.UNSTATED
+        return {k: v for k, v in data.items() if k not in off or v != off[k]}
 
 
 def check_range(value: Range, what: str) -> Range:

@@ -13,7 +13,7 @@ import math
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .algorithm import ALGORITHM_SECTIONS, AlgorithmConfig, MAMLConfig
 from .base import PosFloat, PosInt, Range, Section, Seed, check_range
@@ -195,11 +195,7 @@ class Conv4Model(Section):
     #: (``tf.contrib.layers.batch_norm``'s default ``scale=False``, utils.py ``normalize``).
     batch_norm_scale: bool = True
 
-    @model_serializer(mode="wrap")
-    def _without_defaults_added_later(self, handler: Any) -> Any:
-        data = handler(self)  # left out at their defaults: older checkpoints' configs lack them
-        later = {"init": "torch", "batch_norm_scale": True}
-        return {k: v for k, v in data.items() if k not in later or v != later[k]}
+    UNSTATED: ClassVar[dict[str, Any]] = {"init": "torch", "batch_norm_scale": True}
 
 
 ModelConfig = Annotated[Union[MLPModel, Conv4Model], Field(discriminator="kind")]
