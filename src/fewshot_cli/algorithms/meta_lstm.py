@@ -232,6 +232,15 @@ class MetaLSTM(Algorithm):
         return torch.func.functional_call(self.model, params, (x,),
                                           {"return_stats": True})[1]
 
+    def update_running(self, running: torch.Tensor, params: Params, x: torch.Tensor,
+                       new: Params, ctx: Context) -> torch.Tensor:
+        """The running statistics after support batch ``x`` at ``params`` (``bn_momentum``,
+        torch7's convention), also put into the updated parameters ``new``."""
+        m = self.cfg.bn_momentum
+        running = (1 - m) * running + m * self.support_statistics(detached(params), x, ctx)
+        new.update(self.running_params(running))
+        return running
+
     def running_params(self, running: torch.Tensor) -> Params:
         """Running statistics by the names batch norm reads them under."""
         norms = {id(m) for m in self.model.norms()}
@@ -258,10 +267,7 @@ class MetaLSTM(Algorithm):
         f, i = self.cell(h, theta, f_prev, i_prev)
         new = self.unflat(f * theta - i * g)
         if running is not None:
-            m = self.cfg.bn_momentum
-            stats = self.support_statistics(detached(params), x, ctx)
-            running = (1 - m) * running + m * stats
-            new.update(self.running_params(running))
+            running = self.update_running(running, params, x, new, ctx)
         metrics = {"inner_loss": loss, "input_gate": i.detach().mean(-1),
                    "forget_gate": f.detach().mean(-1)}
         if not ctx.training:
@@ -372,7 +378,5 @@ class SGDReference(Algorithm):
         x, y = support_batch(support, step, self.inner_batch, ctx.fused)
         new, loss = self.sgd_step(params, x, y, self.inner_lr, False, ctx)
         if state is not None:
-            m = learner.cfg.bn_momentum
-            state = (1 - m) * state + m * learner.support_statistics(detached(params), x, ctx)
-            new.update(learner.running_params(state))
+            state = learner.update_running(state, params, x, new, ctx)
         return new, state, {"inner_loss": loss}
