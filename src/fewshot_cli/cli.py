@@ -1,6 +1,6 @@
-"""The ``fewshot`` command: train, eval, plot, compare, ls. Thin: each command parses its
-options, calls the module that does the work and prints the outcome; the tables it prints
-are built in :mod:`.report`."""
+"""The ``fewshot`` command: train, eval, plot, compare, predict, export, ls. Thin: each
+command parses its options, calls the module that does the work and prints the outcome; the
+tables it prints are built in :mod:`.report`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import compare_command
+from . import compare_command, predict_command
 from .completion import complete_config, complete_run_dir
 from .config import dump_config, load_config
 from .data_commands import data_app
@@ -33,7 +33,6 @@ app = typer.Typer(
           "Reptile, DAML, the LSTM meta-learner."),
 )
 app.add_typer(data_app, name="data")
-app.command("compare")(compare_command.compare)
 out = Console()
 err = Console(stderr=True)
 
@@ -427,6 +426,11 @@ def plot(
         raise _fail(e) from None
     for p in paths:
         out.print(str(p), highlight=False, soft_wrap=True)
+
+
+app.command("predict")(predict_command.predict)
+app.command("export")(predict_command.export)
+app.command("compare")(compare_command.compare)
 
 
 @app.command("ls")

@@ -37,3 +37,8 @@ class AgreedError(FewshotError):
 class DistributedError(FewshotError):
     """A distributed run's process group failed: a rank died or raised, or a collective
     timed out."""
+
+
+class InputError(DataError, ValueError):
+    """Examples given to a loaded model (``fewshot_cli.load``, ``fewshot predict``) that it
+    cannot take: the wrong number of classes, shapes or files."""

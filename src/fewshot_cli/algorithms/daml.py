@@ -59,7 +59,8 @@ class DAML(Algorithm):
         one-hot class labels'."""
         if self.classification:
             return self.ways
-        return int(getattr(task, "observation_dim", task.output_dim))
+        dim = getattr(task, "observation_dim", None)
+        return task.output_dim if dim is None else int(dim)
 
     def _hidden(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         """The hidden activations the loss network reads, deepest first."""

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import RunDirError
+from ..errors import ConfigError, RunDirError
 from ..files import atomic_write
 
 FORMAT = 2
@@ -52,23 +52,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     """Read a checkpoint written by :func:`save`; one clear error for anything else."""
     if not path.is_file():
         raise RunDirError(f"{path}: no checkpoint yet (has training written one?)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message advises weights_only=False; never pass that advice on.
-        if "GLOBAL" in str(e):
-            raise RunDirError(
-                f"{path}: refused: the file holds pickled Python code or objects, not only "
-                "tensors and plain data, so it is not a fewshot checkpoint; it was not loaded"
-            ) from None
-        raise RunDirError(f"{path}: corrupt or unreadable checkpoint (not a torch checkpoint "
-                          "file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
-            AttributeError, IndexError, KeyError, UnicodeDecodeError, OSError) as e:
-        reason = ("truncated, or not a complete torch checkpoint file"
-                  if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile)) or
-                  (isinstance(e, OSError) and path.is_file()) else _first_line(e))
-        raise RunDirError(f"{path}: corrupt or unreadable checkpoint ({reason})") from None
+    state = safe_load(path, map_location, "checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("algorithm"), dict):
         raise RunDirError(f"{path}: not a fewshot checkpoint (no algorithm state dict)")
     fmt = state.get("format")
@@ -79,6 +63,28 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise RunDirError(f"{path}: not a fewshot checkpoint (iteration is not a number)")
     if fmt == FORMAT and not isinstance(state.get("config"), dict):
         raise RunDirError(f"{path}: not a fewshot checkpoint (no config)")
+    return state
+
+
+def safe_load(path: Path, map_location: str | torch.device, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never code; any
+    failure is one :class:`RunDirError` line (``what``: the kind of file expected)."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False; never pass that advice on.
+        if "GLOBAL" in str(e):
+            raise RunDirError(
+                f"{path}: refused: the file holds pickled Python code or objects, not only "
+                f"tensors and plain data, so it is not a fewshot {what}; it was not loaded"
+            ) from None
+        raise RunDirError(f"{path}: corrupt or unreadable {what} (not a torch {what} file)"
+                          ) from None
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes torch.load raise
+        reason = (f"truncated, or not a complete torch {what} file"
+                  if isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile)) or
+                  (isinstance(e, OSError) and path.is_file()) else _first_line(e))
+        raise RunDirError(f"{path}: corrupt or unreadable {what} ({reason})") from None
     return state
 
 
@@ -139,3 +145,15 @@ def config_differences(trained: dict[str, Any], current: dict[str, Any]) -> list
 
     walk(trained, current, "")
     return out
+
+
+def check_config(cfg: Any, state: dict[str, Any], path: Any) -> None:
+    """ConfigError naming the keys where config.yaml no longer matches the checkpoint."""
+    trained = state.get("config")
+    if not isinstance(trained, dict):
+        return  # format 1: no config stored
+    diffs = config_differences(trained, cfg.to_dict())
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise ConfigError(f"{path}: the run's config.yaml was changed after training: "
+                          f"{diffs[0]}{more}; restore config.yaml")

@@ -30,6 +30,7 @@ from ..config import Config, EvalConfig
 from ..errors import ConfigError, FewshotError
 from ..rundir import RunDir
 from . import checkpoint, vectorize
+from .checkpoint import check_config
 from .distributed import Sync
 from .setup import Experiment, build_experiment, resolve_device
 
@@ -56,18 +57,6 @@ def load_experiment(run: RunDir, which: str, device: str | None = None,
         msg = str(e).strip().splitlines()[0][:200]
         raise ConfigError(f"{path}: does not match the run's config.yaml ({msg})") from None
     return exp, {**state, "path": path}
-
-
-def check_config(cfg: Config, state: dict[str, Any], path: Any) -> None:
-    """ConfigError naming the keys where config.yaml no longer matches the checkpoint."""
-    trained = state.get("config")
-    if not isinstance(trained, dict):
-        return  # format 1: no config stored
-    diffs = checkpoint.config_differences(trained, cfg.to_dict())
-    if diffs:
-        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise ConfigError(f"{path}: the run's config.yaml was changed after training: "
-                          f"{diffs[0]}{more}; restore config.yaml")
 
 
 def summarize(values: torch.Tensor) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from ..config import Config, apply_overrides, parse_override, validate
 from ..errors import AgreedError, ConfigError, FewshotError, RunDirError
 from ..rundir import RunDir
 from . import checkpoint, distributed, threads, trainer, vectorize
+from .checkpoint import check_config
 from .distributed import Sync
-from .evaluator import check_config
 from .setup import Experiment, build_experiment, resolve_device
 from .stopping import StopSignals
 from .trainer import Outcome

@@ -60,6 +60,9 @@ class TaskShape:
     problem: Problem
     input_shape: tuple[int, ...]
     output_dim: int
+    #: Features of one support "label" as adaptation sees it, where that differs from
+    #: ``output_dim`` (a sinusoid demonstration that shows inputs alone: 0).
+    observation_dim: int | None = None
 
 
 class TaskSource(Protocol):

@@ -196,18 +196,34 @@ def cache_key(
 
 
 def decode_image(path: str, prep: Preprocess) -> np.ndarray:
-    """Decode one image into ``uint8 [C, H, W]`` following ``prep``."""
-    size = (prep.image_size, prep.image_size)
+    """Decode one image file into ``uint8 [C, H, W]`` following ``prep``."""
     try:
         with Image.open(path) as im:
-            if im.mode != prep.mode:
-                # A plain threshold at 128 for 1-bit output, not dithering.
-                im = im.convert(prep.mode, dither=Image.Dither.NONE)
-            if im.size != size:
-                im = im.resize(size, resample=_RESAMPLE[prep.resample])
-            arr = np.asarray(im)
+            return prepare_image(im, prep)
+    except ConversionError as e:
+        raise DataError(f"{path}: {e}") from None
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: expected a readable image, found {one_line(e)}") from None
+
+
+class ConversionError(ValueError):
+    """An image whose pixels cannot be converted to the mode a :class:`Preprocess` asks."""
+
+
+def prepare_image(im: Image.Image, prep: Preprocess) -> np.ndarray:
+    """An opened image as ``uint8 [C, H, W]`` following ``prep`` (PIL's errors propagate)."""
+    size = (prep.image_size, prep.image_size)
+    if im.mode != prep.mode:
+        # A plain threshold at 128 for 1-bit output, not dithering.
+        try:
+            im = im.convert(prep.mode, dither=Image.Dither.NONE)
+        except ValueError as e:
+            raise ConversionError(f"cannot convert its {im.mode} pixels to {prep.mode} "
+                                  f"({prep.channels} channel(s)) as the images were: "
+                                  f"{one_line(e)}") from None
+    if im.size != size:
+        im = im.resize(size, resample=_RESAMPLE[prep.resample])
+    arr = np.asarray(im)
     if prep.mode == "1":
         arr = arr.astype(np.uint8) * 255
     if prep.invert:

@@ -15,7 +15,8 @@ from ..config import ImageFolderTask
 from ..errors import DataError
 from .episodic import SPLITS, EpisodicTasks, SplitData, check_classes
 from .fingerprint import files_record
-from .image_cache import Preprocess, list_images, list_subfolders, load_image_set
+from .image_cache import list_images, list_subfolders, load_image_set
+from .shapes import preprocess_of
 
 REQUIRED = ("train", "test")
 _LAYOUT = "<class>/*.png|jpg|jpeg"
@@ -29,9 +30,7 @@ def build(cfg: ImageFolderTask) -> EpisodicTasks:
             f"{root}: expected an image folder with train/ and test/ (and optionally val/) "
             f"holding {_LAYOUT}, found no such folder"
         )
-    prep = Preprocess(
-        image_size=cfg.image_size, mode="L" if cfg.channels == 1 else "RGB", resample="lanczos"
-    )
+    prep = preprocess_of(cfg)
     splits: dict[str, SplitData] = {}
     missing: dict[str, str] = {}
     for split in SPLITS:  # every required folder is checked before anything is decoded

@@ -49,7 +49,8 @@ from ..errors import DataError
 from . import reference
 from .episodic import SPLITS, EpisodicTasks, SplitData, check_classes
 from .fingerprint import files_record
-from .image_cache import ImageFile, Preprocess, load_image_set, one_line
+from .image_cache import ImageFile, load_image_set, one_line
+from .shapes import preprocess_of
 
 SPLIT_NAME = "Ravi & Larochelle"
 
@@ -244,7 +245,7 @@ def build(cfg: MiniImagenetTask) -> EpisodicTasks:
             "test.csv), found no such folder"
         )
     entries = _image_stats(root / "images")
-    prep = Preprocess(image_size=cfg.image_size, mode="RGB", resample="lanczos")
+    prep = preprocess_of(cfg)
     # Read and check every split before decoding anything, so mistakes fail fast.
     listed = {split: split_classes(root, split, entries) for split in SPLITS}
     check_ravi(cfg, root, listed)

@@ -56,12 +56,12 @@ from .episodic import EpisodicTasks, SplitData
 from .fingerprint import files_record
 from .image_cache import (
     ImageSet,
-    Preprocess,
     list_images,
     list_subfolders,
     load_image_set,
     one_line,
 )
+from .shapes import preprocess_of
 
 URL_PREFIX = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 #: Official archives and their MD5 sums (as in ``torchvision.datasets.Omniglot``).
@@ -145,8 +145,8 @@ def load(cfg: OmniglotTask
     if not classes:
         raise DataError(f"{folder}: expected Omniglot character folders, found none")
     n_background = sum(1 for key, _ in classes if key.startswith(BACKGROUND + "/"))
-    prep = Preprocess(image_size=cfg.image_size, mode="1", invert=True, resample="lanczos")
-    data = load_image_set(folder, classes, prep, cache_dir=cfg.cache_dir, tag="omniglot")
+    data = load_image_set(folder, classes, preprocess_of(cfg), cache_dir=cfg.cache_dir,
+                          tag="omniglot")
     return data, names, paths, n_background, lambda: files_record(folder, classes)
 
 
