@@ -75,10 +75,10 @@ def make_variants(algo: MAML, cpp_wrapper: bool
     add("vmap", "vmap", algo)
     add("fused", "fused", algo)
     add("fused-plainloss", "fused", plain)
-    default_fn = compiled._meta_gradient
+    default_fn = compiled._compiled
 
     def use_default() -> None:
-        compiled._meta_gradient = default_fn
+        compiled._compiled = default_fn
 
     add("compiled", "compiled", algo, before=use_default)
     add("compiled+fusedadam", "compiled", algo, fused_adam=True, before=use_default)
@@ -87,7 +87,7 @@ def make_variants(algo: MAML, cpp_wrapper: bool
                                                      has_aux=True),
                            fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
         add("compiled-cppwrap", "compiled", algo,
-            before=lambda: setattr(compiled, "_meta_gradient", fn))
+            before=lambda: setattr(compiled, "_compiled", lambda graphs: fn))
     return variants
 
 

@@ -86,8 +86,8 @@ def test_an_objective_that_changes_every_iteration_falls_back_to_eager(monkeypat
     """MAML++'s multi-step loss reads the iteration: rather than recompiling every
     iteration, the algorithm switches to the eager vmap path (dynamo-only backend here)."""
     fn = torch.func.grad_and_value(compiled._objective, argnums=1, has_aux=True)
-    monkeypatch.setattr(compiled, "_meta_gradient",
-                        torch.compile(fn, fullgraph=True, dynamic=False, backend="eager"))
+    eager = torch.compile(fn, fullgraph=True, dynamic=False, backend="eager")
+    monkeypatch.setattr(compiled, "_compiled", lambda graphs: eager)
     algo, batch = _setup(steps=2, seed=1, msl_iterations=10)
     optimizer = torch.optim.SGD(algo.parameters(), lr=0.0)
     for it in (1, 2, 3):
@@ -172,7 +172,7 @@ def test_cuda_graph_outputs_are_copied_before_the_next_replay(monkeypatch) -> No
                      if isinstance(t, torch.Tensor)]
         return out
 
-    monkeypatch.setattr(compiled, "_meta_gradient_graphs", replay)
+    monkeypatch.setattr(compiled, "_compiled", lambda graphs: replay if graphs else None)
     monkeypatch.setattr(compiled, "uses_graphs", lambda algo, device: True)
     algo, batch = _setup(steps=1, seed=2)
     progress = TrainingProgress(1, 1)

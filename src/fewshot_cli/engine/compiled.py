@@ -21,14 +21,15 @@ that algorithm to the eager ``vmap`` path instead (same mathematics), with a war
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from torch._dynamo.exc import BackendCompilerFailed, Unsupported
 from torch.func import functional_call, grad_and_value
 from torch.utils._pytree import tree_map
 
@@ -68,12 +69,18 @@ def _objective(module: _Objective, params: dict[str, torch.Tensor],
 
 
 _gradient = grad_and_value(_objective, argnums=1, has_aux=True)
-_meta_gradient = torch.compile(_gradient, fullgraph=True, dynamic=False)
-#: The same function replayed as CUDA graphs (``train.cuda_graphs``): one graph launch per
-#: meta-iteration instead of one launch per kernel. Its outputs live in the graphs' own
-#: memory, which the next replay overwrites, so :func:`meta_gradient` copies them out.
-_meta_gradient_graphs = torch.compile(_gradient, mode="reduce-overhead", fullgraph=True,
-                                      dynamic=False)
+
+
+@functools.cache
+def _compiled(graphs: bool) -> Callable[..., Any]:
+    """The compiled meta-gradient, made when first asked (``torch.compile`` imports dynamo,
+    which costs a command that never compiles a second or two of start-up). With ``graphs``
+    it is replayed as CUDA graphs (``train.cuda_graphs``): one graph launch per
+    meta-iteration instead of one launch per kernel. Its outputs live in the graphs' own
+    memory, which the next replay overwrites, so :func:`meta_gradient` copies them out."""
+    if graphs:
+        return torch.compile(_gradient, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    return torch.compile(_gradient, fullgraph=True, dynamic=False)
 
 
 def uses_graphs(algo: Any, device: torch.device) -> bool:
@@ -139,9 +146,11 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
               if p.requires_grad and n.removeprefix("algo.") not in state.unused}
     seen = key in state.keys
     graphs = uses_graphs(algo, batch.support_x.device)
-    compiled = _meta_gradient_graphs if graphs else _meta_gradient
+    compiled = _compiled(graphs)
     if graphs:  # each meta-iteration is a new step of the graphs (no backward follows)
         torch.compiler.cudagraph_mark_step_begin()
+    from torch._dynamo.exc import BackendCompilerFailed, Unsupported
+
     try:
         with torch.compiler.set_stance("fail_on_recompile" if seen else "default"):
             grads, (loss, metrics) = compiled(module, params, tensors, progress)
