@@ -498,3 +498,20 @@ def test_short_omniglot_run_end_to_end(tmp_path: Path) -> None:
     invoke("eval", str(run), "--tasks", "10", "--steps", "3")
     own = check_eval_and_plots(run, 3)
     assert own["settings"]["query_batch"] == "all" and own["per_step"][3]["accuracy"]["n"] == 10
+
+
+@pytest.mark.parametrize("setup", [sine_setup, conv_setup])
+@pytest.mark.parametrize("path", ["vmap", "loop", "fused"])
+def test_evaluating_a_few_tasks_at_a_time_gives_what_all_at_once_gives(
+        setup, path: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Evaluation passes of at most eval_tasks_at_once tasks (float64): the same query
+    curves and adaptation metrics as one pass over the whole chunk."""
+    algo, batch = setup()
+    whole = algo.evaluate_tasks(batch, 3, path)
+    monkeypatch.setattr(type(algo), "eval_tasks_at_once", lambda self: 1)
+    parts = algo.evaluate_tasks(batch, 3, path)
+    assert torch.allclose(parts.curve, whole.curve, rtol=0, atol=1e-10)
+    assert parts.inner.keys() == whole.inner.keys()
+    assert all(torch.allclose(parts.inner[k], whole.inner[k], rtol=0, atol=1e-10)
+               for k in whole.inner)
+    assert MetaLSTM.eval_tasks_at_once(conv_setup()[0]) >= 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,7 @@ from . import compare_command, predict_command
 from .completion import complete_config, complete_run_dir
 from .config import dump_config, load_config
 from .data_commands import data_app
+from .engine.stopping import SIGNAL_EXIT, terminate_as_interrupt
 from .errors import AgreedError, ConfigError, FewshotError, RunDirError
 from .options import CheckpointChoice, PlotFormat, QueryBatch, check_device, int_list, passed_on
 from .report import ProtocolBars, decode_bars, print_eval, print_runs
@@ -150,6 +152,7 @@ def train(
     console = err if _rank() == 0 else Console(stderr=True, quiet=True)
     if threads is not None:
         overrides.append(f"train.threads={threads}")
+    got: list[int] = []  # the signal that interrupted it
     try:
         if device is not None:
             check_device(device)
@@ -189,12 +192,12 @@ def train(
                 return
             from .engine.runner import start
 
-            with decode_bars(err, progress and _rank() == 0):
+            with decode_bars(err, progress and _rank() == 0), terminate_as_interrupt() as got:
                 run, outcome = start(cfg, runs_root=runs_root, run_dir=run_dir,
                                      console=console, show_progress=progress)
     except KeyboardInterrupt:
         err.print("interrupted before the run started; nothing was written", highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(SIGNAL_EXIT.get(got[0] if got else signal.SIGINT, 130)) from None
     except FewshotError as e:
         raise _fail(e) from None
     finally:
@@ -272,6 +275,7 @@ def eval_(
     Reports the query loss (and accuracy) after 0..S inner steps, with 95% CIs.
     """
     sync = None
+    got: list[int] = []  # the signal that interrupted it
     try:
         if inner_lr is not None and not (math.isfinite(inner_lr) and inner_lr > 0):
             raise ConfigError(f"--inner-lr: expected a finite value > 0, found {inner_lr}")
@@ -316,9 +320,14 @@ def eval_(
         show = progress and _rank() == 0
         rows = [(f"eval K={p.shots or cfg.task.shots}" if len(protocols) > 1 else "eval",
                  p.tasks) for p in protocols]
-        with decode_bars(err, show), ProtocolBars(err, show, rows) as bars:
+        with decode_bars(err, show), ProtocolBars(err, show, rows) as bars, \
+                terminate_as_interrupt() as got:
             results = evaluate_protocols(run, protocols, device, inner_lr, baselines,
                                          table_steps, sync, bars)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; {run.eval_path} was not changed", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(SIGNAL_EXIT.get(got[0] if got else signal.SIGINT, 130)) from None
     except FewshotError as e:
         raise _fail(e) from None
     finally:

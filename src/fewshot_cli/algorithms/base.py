@@ -345,16 +345,30 @@ class Algorithm(nn.Module):
         """Query metrics after 0..steps inner steps, ``[B, steps + 1, m]`` (no outer graph)."""
         return self.evaluate_tasks(batch, steps, vectorize, query_chunks).curve
 
+    def eval_tasks_at_once(self) -> int | None:
+        """The most tasks :meth:`evaluate_tasks` adapts in one pass (more are taken in turn,
+        with the same results); None: any number."""
+        return None
+
     def evaluate_tasks(self, batch: TaskBatch, steps: int, vectorize: Vectorize,
                        query_chunks: int = 1, probe: torch.Tensor | None = None
                        ) -> Evaluation:
-        """Adapt every task of ``batch`` for ``steps`` steps, without an outer graph.
+        """Adapt every task of ``batch`` for ``steps`` steps, without an outer graph, at most
+        :meth:`eval_tasks_at_once` at a time.
 
         Returns the query metrics after 0..steps steps, the adaptation's own per-step
         metrics (e.g. ``inner_loss``, ``[B, steps]``) and, given ``probe`` inputs
         ``[G, ...]`` shared by all tasks, the network's predictions on them before and
         after adaptation, ``[B, 2, G, out]`` (function-space errors, plots).
         """
+        limit = self.eval_tasks_at_once()
+        if limit is not None and len(batch) > limit:
+            parts = [self.evaluate_tasks(b, steps, vectorize, query_chunks, probe)
+                     for b in batch.split(limit)]
+            return Evaluation(torch.cat([p.curve for p in parts]),
+                              {k: torch.cat([p.inner[k] for p in parts]) for k in parts[0].inner},
+                              None if parts[0].probed is None else
+                              torch.cat([p.probed for p in parts]))  # type: ignore[misc]
         base = detached(self.params())
 
         def one(params: Params, support: Support, query: Query, ctx: Context) -> Any:

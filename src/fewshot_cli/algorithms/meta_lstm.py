@@ -78,6 +78,8 @@ from .settings import Settings
 #: Every meta-learner weight but the gate biases starts in U(-INIT_SCALE, INIT_SCALE)
 #: (reference code, model/lstm/meta-learner-lstm.lua).
 INIT_SCALE = 0.01
+#: What one evaluation pass's LSTM tensors may take (:meth:`MetaLSTM.eval_tasks_at_once`).
+EVAL_STATE_BYTES = 256 * 2**20
 #: Seed of the validation tasks the SGD reference's learning rate is chosen on.
 REFERENCE_SEED = 20170302
 
@@ -293,6 +295,14 @@ class MetaLSTM(Algorithm):
         return math.inf if self.cfg.grad_clip is None else self.cfg.grad_clip
 
     # -- evaluation: no graph through the meta-learner ----------------------------------------
+    def eval_tasks_at_once(self) -> int:
+        """As many tasks as keep one step's LSTM tensors (about eight ``[tasks, coordinates,
+        hidden]`` floats: h, c and the four gate blocks among them) within
+        :data:`EVAL_STATE_BYTES`: a conv4 learner's ~112,000 coordinates take a few tasks at
+        a time, a sinusoid MLP's hundreds. Larger passes only move more memory per step."""
+        per_task = 8 * sum(self.sizes) * self.cfg.hidden * 4
+        return max(1, EVAL_STATE_BYTES // per_task)
+
     def evaluate_tasks(self, batch: TaskBatch, steps: int, vectorize: Vectorize,
                        query_chunks: int = 1, probe: torch.Tensor | None = None
                        ) -> Evaluation:

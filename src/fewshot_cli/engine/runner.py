@@ -117,7 +117,8 @@ def resume(path: Path, overrides: list[str], *, console: Console,
 def _session(console: Console, sync: Sync) -> Iterator[tuple[StopSignals, ExitStack]]:
     """Stop signals caught (rank 0 says it is stopping) and a stack for the run's lock."""
     def on_first(signum: int) -> None:
-        console.print("stopping after the current iteration (saving last.pt)...",
+        console.print("stopping: the current iteration ends (a validation at once), then "
+                      "last.pt is saved...",
                       highlight=False)
 
     with StopSignals(on_first if sync.main else None) as stop, ExitStack() as stack:
@@ -326,6 +327,8 @@ def _nothing_to_do(run: RunDir, cfg: Config, state: dict[str, Any] | None, statu
     """The outcome of a resume that finds the run already finished, else None."""
     done = state["iteration"] if state is not None else 0
     elapsed = state["trainer"]["elapsed"] if state is not None else 0.0
+    if state is not None and state["trainer"].get("pending") is not None:
+        return None  # stopped inside its last iteration's validation: that is left to do
     if done >= cfg.train.iterations:
         return Outcome(status, done, 0,
                        f"{run.path}: already completed ({done} iterations); nothing "

@@ -1,15 +1,26 @@
-"""Stopping a run between two iterations: SIGINT and SIGTERM raise a flag, never an
-exception, so the state a run saves is always the state between two iterations."""
+"""Stopping a run between two iterations: SIGINT and SIGTERM raise a flag, so the state a
+run saves is always the state between two iterations. Inside :meth:`StopSignals.interruptible`
+(work that changes no training state: validation) they also raise :class:`Interrupted` at
+once, so that a long validation does not hold a stop back."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: The exit status of a run stopped by each signal (128 + its number).
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupted(Exception):
+    """A stop signal received inside :meth:`StopSignals.interruptible`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
 
 
 class StopSignals:
@@ -23,11 +34,32 @@ class StopSignals:
         self.signum: int | None = None
         self._on_first = on_first
         self._old: dict[int, Any] = {}
+        self._raising = False
 
     def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.signum is None and self._on_first is not None:
             self._on_first(signum)
         self.signum = self.signum or signum
+        if self._raising:
+            self._raising = False
+            raise Interrupted(signum)
+
+    @contextmanager
+    def interruptible(self, enabled: bool = True) -> Iterator[None]:
+        """A block that a stop signal ends at once with :class:`Interrupted` (raised where
+        the main thread is, at its next Python instruction) instead of at the next
+        iteration; entering it after a signal raises at once. Only for work that changes
+        no state a checkpoint holds. ``enabled=False``: a plain block."""
+        if not enabled:
+            yield
+            return
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+        self._raising = True
+        try:
+            yield
+        finally:
+            self._raising = False
 
     @property
     def requested(self) -> bool:
@@ -48,3 +80,24 @@ class StopSignals:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does, for work that writes nothing
+    until it ends (``fewshot eval``, a run's set-up before its folder exists); yields a
+    list that holds the signal received, for the exit status (130 or 143)."""
+    got: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:  # noqa: ARG001
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    old = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, old)

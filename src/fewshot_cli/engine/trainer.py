@@ -27,14 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from .. import __version__, provenance
 from ..algorithms import TrainingProgress, Vectorize
@@ -43,8 +35,9 @@ from ..rundir import RunDir
 from . import checkpoint, distributed
 from .distributed import Sync
 from .meta_update import meta_update
+from .progress import Bar, Clock
 from .setup import Experiment
-from .stopping import StopSignals
+from .stopping import Interrupted, StopSignals
 from .validation import validate, validation_tasks
 
 
@@ -104,6 +97,10 @@ class State:
         self.generator = torch.Generator().manual_seed(own_seed)
         self.window = Window()
         self.iteration, self.elapsed_before, self.best = 0, 0.0, math.inf
+        #: Saved inside iteration ``iteration``'s validation (a stop there): the training time
+        #: at the end of its meta-update; its validation, log row and checkpoint are still
+        #: to do, and a resumed run does them first. None between iterations.
+        self.pending: float | None = None
         #: The iteration of the last checkpoint written (None: none by this process yet).
         self.saved: int | None = None
         self.config = cfg.to_dict()
@@ -127,6 +124,7 @@ class State:
         self.window.load_state_dict(tr["window"])
         self.iteration, self.elapsed_before = int(resume["iteration"]), float(tr["elapsed"])
         self.best = math.inf if tr["best_val_score"] is None else float(tr["best_val_score"])
+        self.pending = None if tr.get("pending") is None else float(tr["pending"])
         self.saved = self.iteration
 
     def last(self, elapsed: float, rngs: list[Any]) -> dict[str, Any]:
@@ -139,7 +137,8 @@ class State:
             "rng": rngs[0],
             "trainer": {"elapsed": elapsed,
                         "best_val_score": None if math.isinf(self.best) else self.best,
-                        "window": self.window.state_dict(), "path": self.path},
+                        "window": self.window.state_dict(), "path": self.path,
+                        "pending": self.pending},
         }
         if sync.active:
             out["rng_ranks"] = rngs
@@ -232,41 +231,60 @@ def train(exp: Experiment, run: RunDir, path: Vectorize, *, stop: StopSignals,
         if resume is None:
             writer.save_last(0.0)  # a run stopped before its first checkpoint resumes from here
         while True:
-            # -- stop before the next iteration: a signal, or the schedule's end
-            if stop_agreed or (stop.requested and not sync.active):
-                writer.save_last(clock.elapsed())
-                outcome = _ended("interrupted", state, stop.exit_code,
-                                 f"interrupted at iteration {state.iteration}; last.pt "
-                                 f"saved\nresume: {resume_command(run, sync)}")
-                break
-            if state.iteration >= t.iterations:
-                outcome = _ended("completed", state, 0)
-                break
-            # -- one meta-update
-            state.iteration += 1
-            it = state.iteration
-            logged = it % t.log_every == 0 or it == t.iterations
-            batch = exp.source.sample(n_tasks, state.generator, "train").to(exp.device, exp.dtype)
-            metrics = meta_update(algo, batch, path, TrainingProgress(it, t.iterations, logged),
-                                  state.optimizer)
-            if state.scheduler is not None:
-                state.scheduler.step()
-            elapsed = clock.elapsed()
-            timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
-            metrics, stop_agreed, timed_out = _agree(sync, metrics, stop, timed_out)
-            loss = metrics.get("loss")
-            if loss is not None and not math.isfinite(loss.item()):
-                outcome = _ended("diverged", state, 1,
-                                 f"training diverged at iteration {it}: the training loss is "
-                                 f"{loss.item()}; kept the last good checkpoint (iteration "
-                                 f"{state.saved})")
-                break
-            state.window.add(metrics)
+            if state.pending is None:
+                # -- stop before the next iteration: a signal, or the schedule's end
+                if stop_agreed or (stop.requested and not sync.active):
+                    writer.save_last(clock.elapsed())
+                    outcome = _ended("interrupted", state, stop.exit_code,
+                                     f"interrupted at iteration {state.iteration}; last.pt "
+                                     f"saved\nresume: {resume_command(run, sync)}")
+                    break
+                if state.iteration >= t.iterations:
+                    outcome = _ended("completed", state, 0)
+                    break
+                # -- one meta-update
+                state.iteration += 1
+                it = state.iteration
+                logged = it % t.log_every == 0 or it == t.iterations
+                batch = exp.source.sample(n_tasks, state.generator, "train").to(exp.device,
+                                                                                 exp.dtype)
+                metrics = meta_update(algo, batch, path,
+                                      TrainingProgress(it, t.iterations, logged),
+                                      state.optimizer)
+                if state.scheduler is not None:
+                    state.scheduler.step()
+                elapsed = clock.elapsed()
+                timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
+                metrics, stop_agreed, timed_out = _agree(sync, metrics, stop, timed_out)
+                loss = metrics.get("loss")
+                if loss is not None and not math.isfinite(loss.item()):
+                    outcome = _ended("diverged", state, 1,
+                                     f"training diverged at iteration {it}: the training loss "
+                                     f"is {loss.item()}; kept the last good checkpoint "
+                                     f"(iteration {state.saved})")
+                    break
+                state.window.add(metrics)
+            else:  # resumed inside this iteration's validation: its remaining work first
+                it, elapsed, state.pending = state.iteration, state.pending, None
+                timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
             final = it == t.iterations or timed_out
-            # -- log, validate, checkpoint
+            # -- log, validate (a stop signal ends it at once), checkpoint
+            window = state.window.state_dict()
             row = _log_row(state, clock) if it % t.log_every == 0 or final else {}
             if val_chunks and (it % t.val_every == 0 or final):
-                row.update(_validate_and_keep_best(exp, val_chunks, state, writer))
+                try:
+                    with stop.interruptible(enabled=not sync.active):
+                        val = validate(exp, val_chunks, state.path, exp.sync)
+                except Interrupted:
+                    state.pending = elapsed
+                    state.window.load_state_dict(window)  # the row is written on resuming
+                    writer.save_last(clock.elapsed())
+                    outcome = _ended("interrupted", state, stop.exit_code,
+                                     f"interrupted at iteration {it}, during its validation; "
+                                     f"last.pt saved (the validation is done first on "
+                                     f"resuming)\nresume: {resume_command(run, sync)}")
+                    break
+                row.update(_keep_best(exp, val, state, writer))
             if row:
                 writer.append({"iteration": it, "time": round(elapsed, 3), **row})
                 bar.loss(row.get("loss"))
@@ -327,11 +345,10 @@ def _log_row(state: State, clock: Clock) -> dict[str, Any]:
     return row
 
 
-def _validate_and_keep_best(exp: Experiment, chunks: list[Any], state: State,
-                            writer: Writer) -> dict[str, Any]:
+def _keep_best(exp: Experiment, val: dict[str, Any], state: State, writer: Writer
+               ) -> dict[str, Any]:
     """Validation's fields of the log row; ``best.pt`` when its score (``train.select``)
     is the best so far."""
-    val = validate(exp, chunks, state.path, exp.sync)
     score = val["val_loss_median" if exp.cfg.train.select == "median" else "val_loss"]
     if score is not None and math.isfinite(score) and score < state.best:
         state.best = score
@@ -341,85 +358,6 @@ def _validate_and_keep_best(exp: Experiment, chunks: list[Any], state: State,
 
 def _params_finite(algo: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in algo.parameters())
-
-
-# ----------------------------------------------------------------------------- time and display
-class Clock:
-    """Training time: this process's, plus what the run had trained before it."""
-
-    def __init__(self, iteration: int, before: float) -> None:
-        self.start = time.perf_counter()
-        self.before = before
-        self.first_iteration = iteration
-        self.log_time, self.log_iteration = self.start, iteration
-
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.start
-
-    def wall(self) -> float:
-        return time.perf_counter() - self.start
-
-    def rate(self, iteration: int) -> float:
-        """Iterations per second in this process."""
-        return (iteration - self.first_iteration) / max(self.wall(), 1e-9)
-
-    def rate_since_log(self, iteration: int) -> float:
-        now = time.perf_counter()
-        rate = (iteration - self.log_iteration) / max(now - self.log_time, 1e-9)
-        self.log_time, self.log_iteration = now, iteration
-        return rate
-
-
-class Bar:
-    """The progress bar (iteration, loss, rate, ETA), or nothing when hidden."""
-
-    def __init__(self, console: Console, total: int, done: int, show: bool) -> None:
-        self.progress = _progress(console) if show else None
-        self.shown = time.perf_counter()
-        if self.progress is not None:
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=total, completed=done,
-                                               loss="-", rate="-")
-
-    def loss(self, value: Any) -> None:
-        if self.progress is not None and isinstance(value, float):
-            self.progress.update(self.task, loss=f"{value:.4g}")
-
-    def advance(self, iteration: int, clock: Clock, final: bool) -> None:
-        """At most four updates a second (rate and ETA from the first seconds on)."""
-        if self.progress is None:
-            return
-        now = time.perf_counter()
-        if final or now - self.shown >= 0.25:
-            self.progress.update(self.task, completed=iteration,
-                                 rate=rate_text(clock.rate(iteration)))
-            self.shown = now
-
-    def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def rate_text(its_per_s: float) -> str:
-    """``12 it/s``, or ``3.4 s/it`` when slower than one iteration per second."""
-    if its_per_s >= 1:
-        return f"{its_per_s:.0f} it/s"
-    return f"{1 / its_per_s:.2g} s/it" if its_per_s > 0 else "- it/s"
 
 
 # ----------------------------------------------------------------------------- meta.json

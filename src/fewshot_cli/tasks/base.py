@@ -39,6 +39,23 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
+    def split(self, size: int) -> list[TaskBatch]:
+        """Consecutive batches of at most ``size`` tasks (tensors of ``info`` whose leading
+        dimension is the task's are split too)."""
+        n = len(self)
+
+        def part(t: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
+            return None if t is None else t[a:b]
+
+        out = []
+        for a in range(0, n, size):
+            b = min(a + size, n)
+            info = {k: v[a:b] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n
+                    else v for k, v in self.info.items()}
+            out.append(TaskBatch(self.support_x[a:b], self.support_y[a:b], self.query_x[a:b],
+                                 self.query_y[a:b], info, part(self.unlabelled_x, a, b)))
+        return out
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
         """Move to ``device``; ``dtype`` converts float tensors only (labels stay int64)."""
 
