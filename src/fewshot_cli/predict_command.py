@@ -144,7 +144,7 @@ def predict(
         "(subfolders included). Regression runs: x values (-1,0,2.5) or a CSV of them. "
         "Repeatable; more may follow as arguments.", show_default=False)],
     more: Annotated[list[str] | None, typer.Argument(
-        metavar="[QUERY...]", help="More queries (e.g. a shell glob after --query).",
+        metavar="QUERY", help="More queries (e.g. a shell glob after --query).",
         show_default=False)] = None,
     steps: Annotated[int | None, typer.Option(
         min=0, metavar="S", help="Inner steps [default: the run's test-time steps].",
