@@ -82,10 +82,11 @@ SWEEPS: dict[str, Sweep] = {
         eval=["--steps", "1,5"]),
     # Reptile (Nichol et al. 2018) and Meta-SGD (Li et al. 2017), Omniglot 5-way 1-shot, at
     # the MAML rows' budget: 60 minutes of training on one core each
+    # (run the two side by side, one process each: one thread each on two cores)
     "omniglot-5w1s-reptile": Sweep("configs/omniglot-5w1s-reptile.yaml", "0",
-                                   sets=["train.max_seconds=3600"]),
+                                   sets=["train.max_seconds=3600", "train.threads=1"]),
     "omniglot-5w1s-metasgd": Sweep("configs/omniglot-5w1s-metasgd.yaml", "0",
-                                   sets=["train.max_seconds=3600"]),
+                                   sets=["train.max_seconds=3600", "train.threads=1"]),
     # the textbook exercises, full schedules, and the tuned chapter config
     "sine-chapter": Sweep("configs/sine-chapter.yaml", "0,1,2"),
     "sine-daml-chapter": Sweep("configs/sine-daml-chapter.yaml", "0,1,2"),

@@ -210,22 +210,23 @@ class MetaModel:
             y = self._targets(support_y, x.shape[0])
         return self._adapt(x, y.to(self.device), classes, steps)
 
-    def _targets(self, y: Any, n: int) -> torch.Tensor:
+    def _targets(self, y: Any, n: int, width: int | None = None) -> torch.Tensor:
+        """``y`` as ``[n, width]`` values (default width: the network's outputs)."""
+        width = self.shape.output_dim if width is None else width
         t = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y, dtype=float))
-        t = t.reshape(n, -1) if t.numel() == n * self.shape.output_dim else t
-        if tuple(t.shape) != (n, self.shape.output_dim):
-            raise InputError(f"support: expected {n} targets of {self.shape.output_dim} "
-                             f"value(s), found shape {list(t.shape)}")
+        t = t.reshape(n, -1) if t.numel() == n * width else t
+        if tuple(t.shape) != (n, width):
+            raise InputError(f"support: expected {n} targets of {width} value(s), found "
+                             f"shape {list(t.shape)}")
         return t.to(self.device, self.dtype)
 
     def _adapt(self, x: torch.Tensor, y: torch.Tensor, classes: list[Any] | None,
-               steps: int | None, unlabelled: torch.Tensor | None = None) -> AdaptedModel:
+               steps: int | None) -> AdaptedModel:
         steps = self.steps if steps is None else int(steps)
         if steps < 0:
             raise InputError(f"steps: expected an integer >= 0, found {steps}")
         empty_x, empty_y = x[:0].unsqueeze(0), y[:0].unsqueeze(0)
-        batch = TaskBatch(x.unsqueeze(0), y.unsqueeze(0), empty_x, empty_y,
-                          unlabelled_x=None if unlabelled is None else unlabelled.unsqueeze(0))
+        batch = TaskBatch(x.unsqueeze(0), y.unsqueeze(0), empty_x, empty_y)
         with torch.no_grad():  # inner gradients are still taken (algorithms.params)
             params = self.algorithm.adapt_one(batch, 0, steps)
         return AdaptedModel(self, params, classes, steps)
@@ -258,7 +259,7 @@ class DemonstrationModel(MetaModel):
         elif observation is None:  # what the task gives: observations of no features
             y = torch.zeros(x.shape[0], 0, device=self.device, dtype=self.dtype)
         else:
-            y = self._targets(observation, x.shape[0])
+            y = self._targets(observation, x.shape[0], self.algorithm.observation_dim)
         adapted = self._adapt(x, y, classes, steps)
         if self.problem == "classification" and adapted.classes is None:
             adapted.classes = list(range(self.shape.output_dim))
