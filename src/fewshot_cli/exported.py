@@ -16,7 +16,6 @@ A plain dict saved with ``torch.save`` (tensors and plain data only, read back w
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import torch
 
 from .engine import checkpoint
 from .errors import RunDirError
-from .files import atomic_write
 from .tasks.base import TaskShape
 from .tasks.image_cache import Preprocess
 
@@ -41,12 +39,7 @@ def save(path: Path, config: dict[str, Any], weights: dict[str, torch.Tensor],
              "algorithm": {k: v.detach().cpu() for k, v in weights.items()},
              "task": {**asdict(shape), "input_shape": list(shape.input_shape)},
              "preprocess": None if prep is None else asdict(prep), "origin": origin}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    try:
-        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
-    except OSError as e:
-        raise RunDirError(f"{path}: cannot write the model file ({e.strerror or e})") from None
+    checkpoint.write(path, state, "model file")
 
 
 def load(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], TaskShape,

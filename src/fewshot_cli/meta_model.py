@@ -331,12 +331,9 @@ def build(cfg: Config, shape: TaskShape, prep: Preprocess | None,
         algo = algorithms.build(cfg, net, shape)
     finally:
         torch.random.set_rng_state(torch_state)
-    try:
-        algo.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0][:200]
-        where = origin.get("file") or origin.get("run")
-        raise RunDirError(f"{where}: the weights do not match the config ({msg})") from None
+    from .engine.checkpoint import load_weights
+
+    load_weights(algo, weights, origin.get("file") or origin.get("run"), "its config")
     algo = algo.to(device=device, dtype=DTYPES[cfg.train.dtype])
     cls = DemonstrationModel if cfg.algorithm.kind == "daml" else MetaModel
     return cls(cfg, algo, shape, prep, device, origin)

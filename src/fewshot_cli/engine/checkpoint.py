@@ -39,13 +39,31 @@ def save(path: Path, state: dict[str, Any]) -> None:
     The checkpoint is serialised in memory first, so that a failing disk (full, read-only,
     gone) surfaces as the ``OSError`` of writing bytes, with its cause, rather than as
     ``torch.save``'s ``RuntimeError`` from inside its zip writer."""
+    write(path, {"format": FORMAT, **state}, "checkpoint")
+
+
+def write(path: Path, data: Any, what: str) -> None:
+    """``torch.save(data)`` to ``path`` atomically, serialised in memory first (see
+    :func:`save`); a failing disk is one :class:`RunDirError` line (``what``: the file's
+    kind)."""
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buffer)
+    torch.save(data, buffer)
     try:
         atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     except OSError as e:
-        raise RunDirError(f"{path}: cannot write checkpoint ({e.strerror or e}); "
-                          "the previous checkpoint is kept") from None
+        raise RunDirError(f"{path}: cannot write {what} ({e.strerror or e}); "
+                          f"the previous {what} is kept") from None
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Any,
+                 against: str = "the run's config.yaml") -> None:
+    """``module.load_state_dict(weights)``; weights of another shape or name are one
+    :class:`ConfigError` line: ``path`` does not match ``against``."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0][:200]
+        raise ConfigError(f"{path}: does not match {against} ({msg})") from None
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

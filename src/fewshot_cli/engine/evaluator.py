@@ -51,11 +51,7 @@ def load_experiment(run: RunDir, which: str, device: str | None = None,
     if inner_lr is not None:
         cfg.algorithm.inner_lr = inner_lr
     exp = build_experiment(cfg, dev)
-    try:
-        exp.algo.load_state_dict(state["algorithm"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0][:200]
-        raise ConfigError(f"{path}: does not match the run's config.yaml ({msg})") from None
+    checkpoint.load_weights(exp.algo, state["algorithm"], path)
     return exp, {**state, "path": path}
 
 

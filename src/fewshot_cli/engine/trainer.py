@@ -269,15 +269,16 @@ def train(exp: Experiment, run: RunDir, path: Vectorize, *, stop: StopSignals,
                 timed_out = t.max_seconds is not None and elapsed >= t.max_seconds
             final = it == t.iterations or timed_out
             # -- log, validate (a stop signal ends it at once), checkpoint
-            window = state.window.state_dict()
+            validating = bool(val_chunks) and (it % t.val_every == 0 or final)
+            window = state.window.state_dict() if validating else None
             row = _log_row(state, clock) if it % t.log_every == 0 or final else {}
-            if val_chunks and (it % t.val_every == 0 or final):
+            if validating:
                 try:
                     with stop.interruptible(enabled=not sync.active):
                         val = validate(exp, val_chunks, state.path, exp.sync)
                 except Interrupted:
                     state.pending = elapsed
-                    state.window.load_state_dict(window)  # the row is written on resuming
+                    state.window.load_state_dict(window)  # its row is written on resuming
                     writer.save_last(clock.elapsed())
                     outcome = _ended("interrupted", state, stop.exit_code,
                                      f"interrupted at iteration {it}, during its validation; "

@@ -195,6 +195,10 @@ def cache_key(
     return h.hexdigest()
 
 
+class ConversionError(ValueError):
+    """An image whose pixels cannot be converted to the mode a :class:`Preprocess` asks."""
+
+
 def decode_image(path: str, prep: Preprocess) -> np.ndarray:
     """Decode one image file into ``uint8 [C, H, W]`` following ``prep``."""
     try:
@@ -204,10 +208,6 @@ def decode_image(path: str, prep: Preprocess) -> np.ndarray:
         raise DataError(f"{path}: {e}") from None
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: expected a readable image, found {one_line(e)}") from None
-
-
-class ConversionError(ValueError):
-    """An image whose pixels cannot be converted to the mode a :class:`Preprocess` asks."""
 
 
 def prepare_image(im: Image.Image, prep: Preprocess) -> np.ndarray:

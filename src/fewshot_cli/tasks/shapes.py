@@ -41,7 +41,7 @@ def task_shape(cfg: Any) -> TaskShape:
         return TaskShape("classification", (prep.channels, prep.image_size, prep.image_size),
                          int(cfg.ways))
     if cfg.kind == "sinusoid":
-        demo = cfg.demonstration
-        return TaskShape("regression", (1,), 1,
-                         observation_dim=0 if demo is not None and not demo.observe else 1)
+        from .sinusoid import observation_dim
+
+        return TaskShape("regression", (1,), 1, observation_dim=observation_dim(cfg))
     raise ValueError(f"no task shape for task.kind {cfg.kind!r}")

@@ -30,6 +30,13 @@ def _uniform(n: tuple[int, ...], low: float | torch.Tensor, high: float | torch.
     return torch.rand(n, generator=g) * (high - low) + low
 
 
+def observation_dim(cfg: SinusoidTask) -> int:
+    """Features of one support "label" as adaptation sees it: 1 (a value), or 0 for a
+    demonstration that shows inputs alone."""
+    demo = cfg.demonstration
+    return 0 if demo is not None and not demo.observe else 1
+
+
 class SinusoidTasks:
     """A distribution over sinusoids; the splits share it and differ only by seed."""
 
@@ -44,7 +51,7 @@ class SinusoidTasks:
         self.demonstration = demo is not None
         #: Features of one support "label" as adaptation sees it (0: the demonstration
         #: shows inputs alone).
-        self.observation_dim = 0 if demo is not None and not demo.observe else 1
+        self.observation_dim = observation_dim(cfg)
 
     def fingerprint(self) -> dict[str, Any]:
         """The task distribution is its settings: their digest."""
