@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from .completion import complete_run_dir
 from .errors import ConfigError, FewshotError
+from .report import error_exit
 
 out = Console()
 err = Console(stderr=True)
@@ -25,11 +26,6 @@ class Format(str, Enum):
     csv = "csv"
     latex = "latex"
     json = "json"
-
-
-def _fail(e: FewshotError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    return typer.Exit(e.exit_code)
 
 
 def parse_steps(text: str | None) -> list[int] | None:
@@ -80,7 +76,7 @@ def compare(
 
         rows, warnings = compare_rows([str(p) for p in run_dirs], shots, step_list)
     except FewshotError as e:
-        raise _fail(e) from None
+        raise error_exit(err, e) from None
     for w in warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     if fmt is Format.table:
@@ -100,5 +96,6 @@ def compare(
 
         written = plot_compare(rows, figure)
     except OSError as e:
-        raise _fail(ConfigError(f"--output {figure}: cannot write ({e.strerror})")) from None
+        why = ConfigError(f"--output {figure}: cannot write ({e.strerror})")
+        raise error_exit(err, why) from None
     err.print(f"wrote {written}", highlight=False, soft_wrap=True)

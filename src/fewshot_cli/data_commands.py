@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from .completion import complete_config
 from .errors import FewshotError
+from .report import error_exit
 
 data_app = typer.Typer(no_args_is_help=True, help="Check or prepare a data set.")
 out = Console()
@@ -23,11 +24,6 @@ STYLES = {"error": "bold red", "warning": "yellow", "ok": "green", "info": "dim"
 class ImageFormat(str, Enum):
     jpg = "jpg"
     png = "png"
-
-
-def _fail(e: FewshotError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    return typer.Exit(e.exit_code)
 
 
 @data_app.command("check")
@@ -49,7 +45,7 @@ def check(
     try:
         report = check_data(load_config(config, overrides or []), every_image=every_image)
     except FewshotError as e:
-        raise _fail(e) from None
+        raise error_exit(err, e) from None
     for line in report.lines():
         level, _, text = line.partition(": ")
         style = STYLES.get(level)
@@ -79,4 +75,4 @@ def convert_miniimagenet(
         convert(src, dest, image_format=image_format.value, overwrite=overwrite,
                 progress=lambda line: out.print(line, highlight=False, soft_wrap=True))
     except FewshotError as e:
-        raise _fail(e) from None
+        raise error_exit(err, e) from None

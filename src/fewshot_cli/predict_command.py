@@ -18,16 +18,12 @@ from .completion import complete_run_dir
 from .errors import DataError, FewshotError, InputError, RunDirError
 from .files import atomic_write
 from .options import CheckpointChoice, check_device
+from .report import error_exit
 
 out = Console()
 err = Console(stderr=True)
 
 _EXTENSIONS = ".png, .jpg, .jpeg"
-
-
-def _fail(e: FewshotError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    return typer.Exit(e.exit_code)
 
 
 # -- reading the user's examples ---------------------------------------------------------------
@@ -177,7 +173,7 @@ def predict(
             rows, header = _predict_points(model, support, queries, steps)
         seconds = time.perf_counter() - start
     except FewshotError as e:
-        raise _fail(e) from None
+        raise error_exit(err, e) from None
     table = Table(*header[:3] if model.problem == "classification" else header)
     for row in rows:
         shown = row[:3] if model.problem == "classification" else row
@@ -193,8 +189,8 @@ def predict(
         try:
             atomic_write(out_csv, lambda f: f.write(buffer.getvalue().encode("utf-8")))
         except OSError as e:
-            raise _fail(RunDirError(f"--out {out_csv}: cannot write it ({e.strerror or e})")
-                        ) from None
+            why = RunDirError(f"--out {out_csv}: cannot write it ({e.strerror or e})")
+            raise error_exit(err, why) from None
         err.print(f"wrote {out_csv}", highlight=False, soft_wrap=True)
 
 
@@ -286,7 +282,7 @@ def export(
         model = _load(run, "cpu", checkpoint)
         model.export(file)
     except FewshotError as e:
-        raise _fail(e) from None
+        raise error_exit(err, e) from None
     size = file.stat().st_size
     err.print(f"exported {size / 1e6:.2f} MB", highlight=False)
     out.print(str(file), highlight=False, soft_wrap=True)

@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
@@ -22,9 +24,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .errors import FewshotError
+
 if TYPE_CHECKING:
     from .compare import Row
     from .listing import Listed
+
+
+def error_exit(console: Console, e: FewshotError) -> typer.Exit:
+    """Print ``e`` as the one ``error:`` line on ``console``; the exit to raise (its code)."""
+    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    return typer.Exit(e.exit_code)
 
 
 def fmt(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
