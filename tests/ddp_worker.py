@@ -36,7 +36,7 @@ def main() -> None:
         _, outcome = runner.start(cfg, runs_root=out, run_dir=out / name, console=quiet,
                                   show_progress=False)
         assert outcome.status == "completed", (name, outcome.status, outcome.message)
-    distributed.stop()
+    distributed.stop(clean=True)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,14 @@ def _fail(e: FewshotError) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
+def _leave_group() -> None:
+    """Every rank finished: leave the process group together (no-op in one process)."""
+    if "torch" in sys.modules:
+        from .engine.distributed import stop
+
+        stop(clean=True)
+
+
 def _rank() -> int:
     """This process's rank under ``torchrun`` (0 otherwise)."""
     try:
@@ -195,6 +203,7 @@ def train(
             with decode_bars(err, progress and _rank() == 0), terminate_as_interrupt() as got:
                 run, outcome = start(cfg, runs_root=runs_root, run_dir=run_dir,
                                      console=console, show_progress=progress)
+        _leave_group()
     except KeyboardInterrupt:
         err.print("interrupted before the run started; nothing was written", highlight=False)
         raise typer.Exit(SIGNAL_EXIT.get(got[0] if got else signal.SIGINT, 130)) from None
@@ -324,6 +333,7 @@ def eval_(
                 terminate_as_interrupt() as got:
             results = evaluate_protocols(run, protocols, device, inner_lr, baselines,
                                          table_steps, sync, bars)
+        _leave_group()
     except KeyboardInterrupt:
         err.print(f"interrupted; {run.eval_path} was not changed", highlight=False,
                   soft_wrap=True)

@@ -225,9 +225,17 @@ def gone_ranks() -> list[int]:
     return out
 
 
-def stop() -> None:
-    """Leave the process group (without waiting for the others if one died)."""
+def stop(clean: bool = False) -> None:
+    """Leave the process group. ``clean``: every rank finished its work, so all meet at a
+    barrier first and none closes its connections while another is still reading from
+    them (gloo could abort that rank at exit); otherwise (a rank failed or died) leave
+    without waiting for the others."""
     if dist.is_available() and dist.is_initialized():
+        if clean:
+            try:
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - a rank gone at the very end: leave anyway
+                pass
         dist.destroy_process_group()
 
 
