@@ -31,7 +31,8 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available in this build")
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"),
+       "PYTHONFAULTHANDLER": "1"}  # a rank that aborts prints its Python stacks
 
 
 def torchrun_command(*args: str, nproc: int = 2) -> list[str]:
@@ -135,6 +136,9 @@ def test_every_algorithm_across_two_processes_equals_one_process(tmp_path: Path)
              "task.shots=6", vectorize="loop"),
         sine("sine-metasgd.yaml", "algorithm.meta_batch=6"),
         sine("sine-reptile.yaml", "algorithm.meta_batch=4", "algorithm.inner_batch=null"),
+        sine("sine-reptile.yaml", "algorithm.meta_batch=5", "algorithm.inner_optimizer=adam",
+             "algorithm.inner_lr=0.01", "algorithm.adam_state=carried",
+             "algorithm.inner_batch=null", name="reptile-carried-adam"),
         sine("sine-pretrain.yaml", "algorithm.meta_batch=6"),
         ["anil", str(CONFIGS / "omniglot-5w1s-anil.yaml"),
          [*SHORT, *omniglot, "train.vectorize=fused"]],

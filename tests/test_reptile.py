@@ -179,6 +179,104 @@ def test_adam_outer_optimiser_receives_the_reptile_gradient() -> None:
         assert (p.grad - want).abs().max() < 1e-12
 
 
+# -- the carried Adam state (the reference code's) ----------------------------------------------
+
+def hand_adam(theta: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
+              lr: float, betas: tuple[float, float], m: list[torch.Tensor],
+              v: list[torch.Tensor], t: int
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Adam on the whole set from moments ``m``, ``v`` after ``t`` steps: (phi, m, v)."""
+    fast, (b1, b2) = [p.detach().clone() for p in theta], betas
+    for step in range(steps):
+        params = [p.requires_grad_() for p in fast]
+        grads = torch.autograd.grad(((net(params, x) - y) ** 2).mean(), params)
+        m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
+        v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
+        k = t + step + 1
+        fast = [p.detach() - lr * (mi / (1 - b1 ** k)) / ((vi / (1 - b2 ** k)).sqrt() + ADAM_EPS)
+                for p, mi, vi in zip(params, m, v)]
+    return fast, m, v
+
+
+def carried(**cfg: object) -> Reptile:
+    return mlp_reptile(inner_optimizer="adam", inner_lr=0.01, inner_batch=None,
+                       adam_state="carried", **cfg)
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.999), (0.9, 0.99)])
+def test_carried_adam_state_one_task_per_update_is_the_reference_sequence(betas) -> None:
+    """Meta-batch 1: each task's Adam starts where the previous task's ended (moments and
+    step count), as one optimiser run across tasks; the state is saved with the weights."""
+    algo = carried(meta_batch=1, inner_betas=betas)
+    optimizer = algo.configure_optimizer()
+    theta = [p.detach().clone() for p in algo.parameters()]
+    m = [torch.zeros_like(p) for p in theta]
+    v = [torch.zeros_like(p) for p in theta]
+    for it in range(3):
+        batch = sine_batch(1, shots=5, seed=10 + it)
+        phi, m, v = hand_adam(theta, batch.support_x[0], batch.support_y[0], 3, 0.01, betas, m,
+                              v, 3 * it)
+        theta = [t + 0.5 * (f - t) for t, f in zip(theta, phi)]
+        meta_update(algo, batch, "loop", TrainingProgress(it + 1, 10), optimizer)
+        assert (flat(algo) - torch.cat([t.flatten() for t in theta])).abs().max() < 1e-12
+    state = algo.state_dict()
+    assert int(state["adam_t"]) == 9
+    assert (state["adam_m"] - torch.cat([t.flatten() for t in m])).abs().max() < 1e-12
+    assert (state["adam_v"] - torch.cat([t.flatten() for t in v])).abs().max() < 1e-15
+
+
+def test_carried_adam_state_advances_by_a_whole_meta_batch() -> None:
+    """Tasks adapt side by side from the same state, which then advances by every task's
+    addition, decayed as k steps of n tasks in turn would (on average over the order)."""
+    betas, k, n = (0.5, 0.9), 3, 4
+    algo = carried(meta_batch=n, inner_betas=betas, inner_steps=k)
+    algo.adam_m.fill_(0.1)
+    algo.adam_v.fill_(0.2)
+    algo.adam_t.fill_(7)
+    theta = [p.detach().clone() for p in algo.parameters()]
+    m0 = [torch.full_like(p, 0.1) for p in theta]
+    v0 = [torch.full_like(p, 0.2) for p in theta]
+    batch = sine_batch(n, shots=5, seed=4)
+    ends = [hand_adam(theta, batch.support_x[i], batch.support_y[i], k, 0.01, betas, m0, v0, 7)
+            for i in range(n)]
+    meta_update(algo, batch, "vmap", TrainingProgress(1, 10), algo.configure_optimizer())
+    for buf, start, which, beta in ((algo.adam_m, 0.1, 1, betas[0]),
+                                    (algo.adam_v, 0.2, 2, betas[1])):
+        mean = torch.stack([torch.cat([t.flatten() for t in e[which]]) for e in ends]).mean(0)
+        weight = sum(beta ** (k * j) for j in range(n))
+        want = beta ** (k * n) * start + weight * (mean - beta ** k * start)
+        assert (buf - want).abs().max() < 1e-12
+    assert int(algo.adam_t) == 7 + k * n
+    phis = [e[0] for e in ends]
+    want = torch.cat([(t + 0.5 * sum(p[j] - t for p in phis) / n).flatten()
+                      for j, t in enumerate(theta)])
+    assert (flat(algo) - want).abs().max() < 1e-12
+
+
+def test_evaluation_starts_from_the_carried_state_and_leaves_it() -> None:
+    algo = carried(meta_batch=2)
+    optimizer = algo.configure_optimizer()
+    for it in range(3):
+        meta_update(algo, sine_batch(2, shots=5, seed=it), "vmap", TrainingProgress(it + 1, 9),
+                    optimizer)
+    state = {k: v.clone() for k, v in algo.state_dict().items()}
+    test = sine_batch(3, shots=5, seed=20)
+    first = algo.adapt_one(test, 1, 4)
+    assert all(torch.equal(v, algo.state_dict()[k]) for k, v in state.items())
+    assert all(torch.equal(a, b) for a, b in zip(first.values(), algo.adapt_one(test, 1, 4)
+                                                 .values()))
+    theta = [p.detach() for p in algo.parameters()]
+    m = list(algo._unflat(algo.adam_m).values())
+    v = list(algo._unflat(algo.adam_v).values())
+    want, *_ = hand_adam(theta, test.support_x[1], test.support_y[1], 4, 0.01, (0.0, 0.999), m,
+                         v, int(algo.adam_t))
+    assert max((g - w).abs().max().item() for g, w in zip(first.values(), want)) < 1e-12
+    fresh = mlp_reptile(inner_optimizer="adam", inner_lr=0.01, inner_batch=None)
+    fresh.load_state_dict({k: v for k, v in state.items() if not k.startswith("adam_")})
+    other = fresh.adapt_one(test, 1, 4)  # a fresh state adapts differently
+    assert max((a - b).abs().max().item() for a, b in zip(first.values(), other.values())) > 1e-6
+
+
 # -- batching paths ---------------------------------------------------------------------------
 
 def conv_reptile(**cfg: object) -> Reptile:
@@ -216,11 +314,13 @@ def one_step_each_path(make, batch: TaskBatch) -> dict[str, tuple[torch.Tensor, 
     return out
 
 
-@pytest.mark.parametrize("inner", ["sgd", "adam"])
+@pytest.mark.parametrize("inner", ["sgd", "adam", "carried"])
 def test_vmap_loop_and_fused_agree(inner: str) -> None:
     lr = 0.3 if inner == "sgd" else 0.001
-    runs = one_step_each_path(lambda: conv_reptile(inner_optimizer=inner, inner_lr=lr),
-                              image_batch(3, shots=2))
+    state = "carried" if inner == "carried" else "fresh"
+    runs = one_step_each_path(
+        lambda: conv_reptile(inner_optimizer="sgd" if inner == "sgd" else "adam", inner_lr=lr,
+                             adam_state=state), image_batch(3, shots=2))
     assert set(runs) == {"loop", "vmap", "fused"}
     ref, ref_metrics, ref_curve = runs["loop"]
     # Adam divides each gradient by its own magnitude: the conv biases before batch norm
@@ -261,6 +361,7 @@ def test_configs_hold_the_papers_settings() -> None:
     assert (a.meta_lr, a.meta_lr_final, a.meta_batch, a.eval_inner_steps, a.eval_inner_batch) == (
         1.0, 0.0, 5, 50, 5)
     assert (omni.task.shots, omni.eval.shots, omni.train.iterations) == (10, 1, 100000)
+    assert (sine.algorithm.adam_state, a.adam_state) == ("fresh", "carried")
     assert "TRANSDUCTIVE" in (CONFIGS / "omniglot-5w1s-reptile.yaml").read_text()
 
 
@@ -298,9 +399,12 @@ def test_cli_omniglot_fixture_train_eval_plot(tmp_path: Path) -> None:
     assert (run / "plots" / "episode.png").stat().st_size > 0
 
 
-def test_stopped_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inner", ["sgd", "carried adam"])
+def test_stopped_and_resumed_run_is_bit_identical(tmp_path: Path, inner: str) -> None:
+    adam = ["algorithm.inner_optimizer=adam", "algorithm.inner_lr=0.01",
+            "algorithm.adam_state=carried"] if inner != "sgd" else []
     cfg = load_config(CONFIGS / "sine-reptile.yaml", [
         "train.iterations=4", "train.log_every=2", "train.val_every=2", "train.val_tasks=3",
         "train.checkpoint_every=2", "algorithm.meta_batch=2", "algorithm.eval_inner_steps=2",
-        "train.vectorize=vmap", "device=cpu"])
+        "train.vectorize=vmap", "device=cpu", *adam])
     interrupted_and_resumed_equals_uninterrupted(cfg, tmp_path, "vmap")

@@ -21,9 +21,19 @@ the same inner loop (``eval_inner_steps``, ``eval_inner_batch``), the usual prot
   supervised-reptile, draws its minibatches; 5 steps of 10 on 50 examples is one pass);
   evaluation takes ``eval_inner_batch`` in the support set's order (all of it by default).
 - The inner Adam has beta1 = 0 by default (the reference code's
-  ``AdamOptimizer(beta1=0)``; the paper found momentum hurt), eps 1e-8, and a fresh state
-  for every task (``init_state``). The reference code instead carries one Adam state
-  across all tasks and iterations, and evaluates starting from it.
+  ``AdamOptimizer(beta1=0)``; the paper found momentum hurt) and eps 1e-8. Its state
+  (``adam_state``): ``fresh``, zero moments and step count for every task; or
+  ``carried``, as the reference code (``reptile.py``: the optimiser's slots are not among
+  the variables a meta-step resets, and evaluation restores them after each task): one
+  state, saved with the run, that every task of training starts its Adam from and that
+  each meta-update advances; evaluation starts every task from it and leaves it
+  unchanged. The reference runs a meta-batch's tasks one after another, each from the
+  state the previous one left; here they adapt side by side from the same state, which
+  then advances as if they had run in turn: for a moment estimate ``s`` with decay
+  ``beta`` over k steps of n tasks,
+  ``s <- beta^(kn) s + (sum_j beta^(kj)) (mean_i s_i - beta^k s)``, ``s_i`` task i's
+  final estimate (exact for one task; for several, each task's addition is weighted by
+  the mean of the decays sequential order would give it), and the step count by kn.
 - No second derivatives anywhere: adaptation starts from detached parameters.
 
 Metrics: ``inner_loss`` (the minibatch loss before each inner step), ``reptile_step`` (the
@@ -38,13 +48,15 @@ import dataclasses
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..config import ReptileConfig
-from ..tasks.base import TaskBatch
+from ..tasks.base import TaskBatch, TaskSource
 from .base import Algorithm
 from .batching import Context, Query, Support, TrainingProgress, Vectorize, support_batch
 from .losses import accuracy
 from .params import Metrics, Params, detached, sgd_update
+from .settings import Settings
 
 #: The inner Adam's epsilon (the reference code's TensorFlow default).
 ADAM_EPS = 1e-8
@@ -57,13 +69,42 @@ class Reptile(Algorithm):
     paths = ("vmap", "loop", "fused")
     cfg: ReptileConfig
 
+    def __init__(self, model: nn.Module, cfg: ReptileConfig, task: TaskSource,
+                 settings: Settings | None = None) -> None:
+        super().__init__(model, cfg, task, settings)
+        self.carried = cfg.inner_optimizer == "adam" and cfg.adam_state == "carried"
+        if self.carried:  # the carried Adam state, flat over the network's parameters
+            named = list(model.named_parameters())
+            self.names = [n for n, _ in named]
+            self.shapes = [p.shape for _, p in named]
+            self.sizes = [p.numel() for _, p in named]
+            ref = named[0][1].detach()
+            self.register_buffer("adam_m", ref.new_zeros(sum(self.sizes)))
+            self.register_buffer("adam_v", ref.new_zeros(sum(self.sizes)))
+            self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
+
     # -- the inner loop: SGD or Adam on support minibatches ------------------------------------
     def init_state(self, params: Params, support: Support, ctx: Context) -> Any:
-        """Adam's first and second moments, zero; none for SGD."""
+        """Adam's first and second moments and the steps they have seen: zero (``fresh``)
+        or the carried state; none for SGD."""
         if self.cfg.inner_optimizer == "sgd":
             return None
-        return ({k: torch.zeros_like(v) for k, v in params.items()},
-                {k: torch.zeros_like(v) for k, v in params.items()})
+        if not self.carried:
+            return ({k: torch.zeros_like(v) for k, v in params.items()},
+                    {k: torch.zeros_like(v) for k, v in params.items()}, 0)
+        lead = next(iter(params.values())).shape[:1] if ctx.fused else ()
+        m, v = (self._unflat(t.expand(*lead, -1)) for t in (self.adam_m, self.adam_v))
+        return m, v, int(self.adam_t)
+
+    def _unflat(self, flat: torch.Tensor) -> Params:
+        lead = flat.shape[:-1]
+        return {k: t.reshape(*lead, *shape) for k, shape, t in
+                zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))}
+
+    def _flat(self, tensors: Params, ctx: Context) -> torch.Tensor:
+        lead = 1 if ctx.fused else 0
+        return torch.cat([tensors[k].reshape(*tensors[k].shape[:lead], -1)
+                          for k in self.names], dim=-1)
 
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
@@ -74,12 +115,25 @@ class Reptile(Algorithm):
         if state is None:
             return sgd_update(params, grads, lr), None, {"inner_loss": loss}
         b1, b2 = self.cfg.inner_betas
-        m = {k: b1 * state[0][k] + (1 - b1) * g for k, g in grads.items()}
-        v = {k: b2 * state[1][k] + (1 - b2) * g * g for k, g in grads.items()}
-        c1, c2 = 1 - b1 ** (step + 1), 1 - b2 ** (step + 1)  # bias corrections
+        m0, v0, seen = state
+        m = {k: b1 * m0[k] + (1 - b1) * g for k, g in grads.items()}
+        v = {k: b2 * v0[k] + (1 - b2) * g * g for k, g in grads.items()}
+        t = seen + step + 1  # Adam's step count, for its bias corrections
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
         new = {k: p - lr * (m[k] / c1) / ((v[k] / c2).sqrt() + ADAM_EPS)
                for k, p in params.items()}
-        return new, (m, v), {"inner_loss": loss}
+        return new, (m, v, seen), {"inner_loss": loss}
+
+    def advance_adam_state(self, m: torch.Tensor, v: torch.Tensor) -> None:
+        """Advance the carried state by a meta-batch whose tasks ended at the mean moments
+        ``m`` and ``v`` (flat, over the whole meta-batch); see the module docstring."""
+        k, n = self.inner_steps, self.cfg.meta_batch
+        with torch.no_grad():
+            for buf, mean, beta in ((self.adam_m, m, self.cfg.inner_betas[0]),
+                                    (self.adam_v, v, self.cfg.inner_betas[1])):
+                weight = sum(beta ** (k * j) for j in range(n))
+                buf.copy_(beta ** (k * n) * buf + weight * (mean.to(buf) - beta ** k * buf))
+            self.adam_t += k * n
 
     # -- the meta-update ------------------------------------------------------------------------
     def task_objective(self, params: Params, support: Support, query: Query,
@@ -92,6 +146,9 @@ class Reptile(Algorithm):
         squared = sum((params[k] - phi[k]).pow(2).flatten(lead).sum(-1) for k in params)
         metrics = dict(adapted.metrics)
         metrics["reptile_step"] = squared.detach().sqrt()
+        if self.carried:  # each task's final moments, for the carried state (not logged)
+            metrics["adam_m"] = self._flat(adapted.state[0], ctx).detach()
+            metrics["adam_v"] = self._flat(adapted.state[1], ctx).detach()
         if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
             out = self.forward(phi, support.x, ctx)
             metrics["inner_loss_after"] = self.per_task(self.loss_fn, out, support.y,
@@ -123,7 +180,12 @@ class Reptile(Algorithm):
     def after_update(self, batch: TaskBatch, progress: TrainingProgress,
                      metrics: Metrics) -> Metrics:
         """``loss`` is the support loss after adaptation (logged iterations), not the
-        surrogate."""
+        surrogate. A carried Adam state advances by the meta-batch's mean final moments
+        (averaged over the processes of a distributed run)."""
+        if self.carried:
+            moments, _ = self.settings.group.mean([metrics.pop("adam_m"),
+                                                   metrics.pop("adam_v")])
+            self.advance_adam_state(*moments)
         metrics.pop("loss", None)
         if "inner_loss_after" in metrics:
             metrics["loss"] = metrics.pop("inner_loss_after")

@@ -225,7 +225,9 @@ class ReptileConfig(AlgorithmSection):
     ``meta_lr`` is eps, annealed linearly to ``meta_lr_final`` over training (the paper
     anneals it to 0); with ``meta_optimizer: sgd`` the update is that interpolation, with
     ``adam`` theta - phi goes to Adam as a gradient. ``inner_optimizer``: ``sgd`` (step size
-    ``inner_lr``) or ``adam`` (``inner_lr``, ``inner_betas``; a fresh state for each task).
+    ``inner_lr``) or ``adam`` (``inner_lr``, ``inner_betas``); ``adam_state``: ``carried``
+    (one Adam state carried from task to task through training and into evaluation, as the
+    reference code) or ``fresh`` (a new state for each task).
     ``inner_batch``: support examples per training step, taken in turn from a new shuffle of
     the task's support set (null: all of them); ``eval_inner_batch``: the same at
     evaluation, in the support set's order.
@@ -241,6 +243,7 @@ class ReptileConfig(AlgorithmSection):
     meta_lr_final: Annotated[float, Field(ge=0)] = 0.0
     inner_optimizer: Literal["sgd", "adam"] = "adam"
     inner_betas: tuple[Beta, Beta] = (0.0, 0.999)
+    adam_state: Literal["carried", "fresh"] = "fresh"
     inner_batch: PosInt | None = 10
     eval_inner_batch: PosInt | None = None
 
