@@ -26,6 +26,20 @@ def batch_of(n: int, shape: Any, ways: int, shots: int, queries: int, gen: Any) 
                      x[:, ways * shots:], labels.repeat(queries).expand(n, -1).contiguous())
 
 
+def build(config: str) -> tuple[Any, Any, Any]:
+    """The config ``configs/CONFIG.yaml``, its task shape and its algorithm (seed 0)."""
+    import torch
+
+    from fewshot_cli import algorithms, models
+    from fewshot_cli.config import load_config
+    from fewshot_cli.tasks.shapes import task_shape
+
+    cfg = load_config(common.CONFIGS / f"{config}.yaml")
+    shape = task_shape(cfg.task)
+    torch.manual_seed(0)
+    return cfg, shape, algorithms.build(cfg, models.build(cfg.model, shape), shape)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="omniglot-5w1s-meta-lstm")
@@ -38,16 +52,10 @@ def main() -> None:
     common.set_threads(args.threads)
     import torch
 
-    from fewshot_cli import algorithms, models
     from fewshot_cli.algorithms import TrainingProgress
-    from fewshot_cli.config import load_config
     from fewshot_cli.engine.meta_update import meta_update
-    from fewshot_cli.tasks.shapes import task_shape
 
-    cfg = load_config(common.CONFIGS / f"{args.config}.yaml")
-    shape = task_shape(cfg.task)
-    torch.manual_seed(0)
-    algo = algorithms.build(cfg, models.build(cfg.model, shape), shape)
+    cfg, shape, algo = build(args.config)
     limit = algo.eval_tasks_at_once()
     steps = cfg.algorithm.eval_inner_steps
     gen = torch.Generator().manual_seed(0)

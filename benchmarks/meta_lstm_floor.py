@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 import common
-from meta_lstm_eval import batch_of
+from meta_lstm_eval import batch_of, build
 
 #: Operators that move no data (views and metadata).
 VIEWS = {"view", "_unsafe_view", "reshape", "expand", "t", "transpose", "permute", "slice",
@@ -83,16 +83,10 @@ def main() -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fewshot_cli import algorithms, models
     from fewshot_cli.algorithms import TrainingProgress
-    from fewshot_cli.config import load_config
     from fewshot_cli.engine.meta_update import meta_update
-    from fewshot_cli.tasks.shapes import task_shape
 
-    cfg = load_config(common.CONFIGS / f"{args.config}.yaml")
-    shape = task_shape(cfg.task)
-    torch.manual_seed(0)
-    algo = algorithms.build(cfg, models.build(cfg.model, shape), shape)
+    cfg, shape, algo = build(args.config)
     opt = algo.configure_optimizer()
     gen = torch.Generator().manual_seed(0)
     batch = batch_of(1, shape.input_shape, cfg.task.ways, cfg.task.shots, cfg.task.queries, gen)
