@@ -286,7 +286,7 @@ def test_one_update_meta_gradient_is_the_first_order_formula() -> None:
     hidden = algo.cfg.hidden
     wf, wi = algo.cell.weight_forget[hidden].item(), algo.cell.weight_input[hidden].item()
     d_theta0 = a * (f + theta0 * f * (1 - f) * wf - g * i * (1 - i) * wi)
-    got_theta0 = torch.cat([got[f"model.{k}"].flatten() for k in algo.names])
+    got_theta0 = torch.cat([got[f"model.{k}"].flatten() for k in algo.layout.names])
     assert torch.allclose(got_theta0, d_theta0, atol=1e-12, rtol=1e-9)
     assert got["cell.bias_input"].item() == pytest.approx(-(a * g * i * (1 - i)).sum().item(),
                                                           rel=1e-9, abs=1e-14)
@@ -322,7 +322,7 @@ def test_meta_test_normalises_queries_with_the_support_batches_running_statistic
     running = torch.zeros(4, 2, 3, dtype=torch.float64)
     running[:, 1] = 1.0
     for t in range(3):
-        learner = {k: seen[t][k] for k in algo.names}
+        learner = {k: seen[t][k] for k in algo.layout.names}
         x = batch.support_x[0][3 * (t % 2):3 * (t % 2) + 3]
         _, stats = functional_call(algo.model, learner, (x,), {"return_stats": True})
         running = 0.1 * running + 0.9 * stats  # bn_momentum 0.9, torch7's convention
@@ -340,7 +340,7 @@ def test_meta_test_normalises_queries_with_the_support_batches_running_statistic
     seen = []
     with torch.no_grad():
         algo.adapt(algo.params(), support, 3, ctx, observe=seen.append)
-    assert set(seen[-1]) == set(algo.names)
+    assert set(seen[-1]) == set(algo.layout.names)
     whole = algo.forward(seen[-1], queries, ctx)
     assert (algo.forward(seen[-1], queries[:2], ctx) - whole[:2]).abs().max() > 1e-6
 

@@ -65,27 +65,42 @@ def hand_adapt(theta: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, step
                lr: float, batch: int | None = None, adam: tuple[float, float] | None = None
                ) -> list[torch.Tensor]:
     """k steps of SGD, or of Adam with a fresh state, on minibatches taken in turn."""
+    if adam is not None:
+        zeros = [torch.zeros_like(p) for p in theta]
+        return hand_adam(theta, x, y, steps, lr, adam, zeros, zeros, 0, batch)[0]
     fast = [p.detach().clone() for p in theta]
-    m = [torch.zeros_like(p) for p in fast]
-    v = [torch.zeros_like(p) for p in fast]
+    for xb, yb in minibatches(x, y, steps, batch):
+        params = [p.requires_grad_() for p in fast]
+        grads = torch.autograd.grad(((net(params, xb) - yb) ** 2).mean(), params)
+        fast = [p.detach() - lr * g for p, g in zip(params, grads)]
+    return fast
+
+
+def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, batch: int | None
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The minibatch of each of ``steps`` steps: batches of ``batch`` taken in turn."""
     n = x.shape[0]
     size = n if batch is None else batch
-    for step in range(steps):
-        start = (step % math.ceil(n / size)) * size
-        xb, yb = x[start:start + size], y[start:start + size]
+    starts = [(step % math.ceil(n / size)) * size for step in range(steps)]
+    return [(x[a:a + size], y[a:a + size]) for a in starts]
+
+
+def hand_adam(theta: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
+              lr: float, betas: tuple[float, float], m: list[torch.Tensor],
+              v: list[torch.Tensor], t: int, batch: int | None = None
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Adam from moments ``m``, ``v`` after ``t`` steps, on minibatches taken in turn:
+    (phi, m, v)."""
+    fast, (b1, b2) = [p.detach().clone() for p in theta], betas
+    for step, (xb, yb) in enumerate(minibatches(x, y, steps, batch)):
         params = [p.requires_grad_() for p in fast]
-        loss = ((net(params, xb) - yb) ** 2).mean()
-        grads = torch.autograd.grad(loss, params)
-        if adam is None:
-            fast = [p.detach() - lr * g for p, g in zip(params, grads)]
-            continue
-        b1, b2 = adam
+        grads = torch.autograd.grad(((net(params, xb) - yb) ** 2).mean(), params)
         m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
         v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-        t = step + 1
-        fast = [p.detach() - lr * (mi / (1 - b1 ** t)) / ((vi / (1 - b2 ** t)).sqrt() + ADAM_EPS)
+        k = t + step + 1
+        fast = [p.detach() - lr * (mi / (1 - b1 ** k)) / ((vi / (1 - b2 ** k)).sqrt() + ADAM_EPS)
                 for p, mi, vi in zip(params, m, v)]
-    return fast
+    return fast, m, v
 
 
 # -- the update ------------------------------------------------------------------------------
@@ -181,23 +196,6 @@ def test_adam_outer_optimiser_receives_the_reptile_gradient() -> None:
 
 # -- the carried Adam state (the reference code's) ----------------------------------------------
 
-def hand_adam(theta: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
-              lr: float, betas: tuple[float, float], m: list[torch.Tensor],
-              v: list[torch.Tensor], t: int
-              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """Adam on the whole set from moments ``m``, ``v`` after ``t`` steps: (phi, m, v)."""
-    fast, (b1, b2) = [p.detach().clone() for p in theta], betas
-    for step in range(steps):
-        params = [p.requires_grad_() for p in fast]
-        grads = torch.autograd.grad(((net(params, x) - y) ** 2).mean(), params)
-        m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
-        v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-        k = t + step + 1
-        fast = [p.detach() - lr * (mi / (1 - b1 ** k)) / ((vi / (1 - b2 ** k)).sqrt() + ADAM_EPS)
-                for p, mi, vi in zip(params, m, v)]
-    return fast, m, v
-
-
 def carried(**cfg: object) -> Reptile:
     return mlp_reptile(inner_optimizer="adam", inner_lr=0.01, inner_batch=None,
                        adam_state="carried", **cfg)
@@ -266,8 +264,8 @@ def test_evaluation_starts_from_the_carried_state_and_leaves_it() -> None:
     assert all(torch.equal(a, b) for a, b in zip(first.values(), algo.adapt_one(test, 1, 4)
                                                  .values()))
     theta = [p.detach() for p in algo.parameters()]
-    m = list(algo._unflat(algo.adam_m).values())
-    v = list(algo._unflat(algo.adam_v).values())
+    m = list(algo.layout.unflat(algo.adam_m).values())
+    v = list(algo.layout.unflat(algo.adam_v).values())
     want, *_ = hand_adam(theta, test.support_x[1], test.support_y[1], 4, 0.01, (0.0, 0.999), m,
                          v, int(algo.adam_t))
     assert max((g - w).abs().max().item() for g, w in zip(first.values(), want)) < 1e-12

@@ -72,7 +72,7 @@ from ..config import MetaLSTMConfig
 from ..tasks.base import TaskBatch, TaskShape, TaskSource
 from .base import Algorithm, Evaluation
 from .batching import Context, Support, Vectorize, support_batch
-from .params import Metrics, Params, detached
+from .params import FlatLayout, Metrics, Params, detached
 from .settings import Settings
 
 #: Every meta-learner weight but the gate biases starts in U(-INIT_SCALE, INIT_SCALE)
@@ -170,14 +170,11 @@ class MetaLSTM(Algorithm):
         self.task_shape = TaskShape(task.problem, tuple(task.input_shape), task.output_dim)
         self.lstm = CoordinateLSTM(4, cfg.hidden)
         self.cell = MetaLearnerCell(cfg.hidden, cfg.forget_bias_init, cfg.input_bias_init)
-        named = list(model.named_parameters())
-        self.names = [n for n, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.sizes = [p.numel() for _, p in named]
+        self.layout = FlatLayout(model)
         # the learner's layers (modules owning parameters) -> their slices of the flat vector
         self.layers: dict[str, list[tuple[int, int]]] = {}
         start = 0
-        for name, size in zip(self.names, self.sizes):
+        for name, size in zip(self.layout.names, self.layout.sizes):
             self.layers.setdefault(name.rpartition(".")[0] or name, []).append(
                 (start, start + size))
             start += size
@@ -185,14 +182,10 @@ class MetaLSTM(Algorithm):
     # -- the learner's parameters as one vector of coordinates -----------------------------
     def flat(self, params: Params, ctx: Context) -> torch.Tensor:
         """``[n]`` (``[B, n]`` fused): the coordinates the meta-learner updates."""
-        lead = 1 if ctx.fused else 0
-        return torch.cat([params[k].reshape(*params[k].shape[:lead], -1) for k in self.names],
-                         dim=-1)
+        return self.layout.flat(params, ctx.fused)
 
     def unflat(self, theta: torch.Tensor) -> Params:
-        lead = theta.shape[:-1]
-        return {k: t.reshape(*lead, *shape) for k, shape, t in
-                zip(self.names, self.shapes, theta.split(self.sizes, dim=-1))}
+        return self.layout.unflat(theta)
 
     def meta_learner_parameters(self) -> int:
         """How many weights the meta-learner has besides the learner's initial parameters."""
@@ -256,7 +249,7 @@ class MetaLSTM(Algorithm):
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
         h, c, f_prev, i_prev, running = state
-        params = {k: params[k] for k in self.names}  # without the running statistics
+        params = {k: params[k] for k in self.layout.names}  # without the running statistics
         x, y = support_batch(support, step, self.cfg.inner_batch, ctx.fused)
         grads, loss = self.learner_gradient(params, x, y, ctx)
         g = self.flat(grads, ctx)
@@ -300,7 +293,7 @@ class MetaLSTM(Algorithm):
         hidden]`` floats: h, c and the four gate blocks among them) within
         :data:`EVAL_STATE_BYTES`: a conv4 learner's ~112,000 coordinates take a few tasks at
         a time, a sinusoid MLP's hundreds. Larger passes only move more memory per step."""
-        per_task = 8 * sum(self.sizes) * self.cfg.hidden * 4
+        per_task = 8 * self.layout.size * self.cfg.hidden * 4
         return max(1, EVAL_STATE_BYTES // per_task)
 
     def evaluate_tasks(self, batch: TaskBatch, steps: int, vectorize: Vectorize,
@@ -384,7 +377,7 @@ class SGDReference(Algorithm):
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
         learner: MetaLSTM = self.learner
-        params = {k: params[k] for k in learner.names}
+        params = {k: params[k] for k in learner.layout.names}
         x, y = support_batch(support, step, self.inner_batch, ctx.fused)
         new, loss = self.sgd_step(params, x, y, self.inner_lr, False, ctx)
         if state is not None:

@@ -29,6 +29,35 @@ def sgd_update(params: Params, grads: Params, lr: Any) -> Params:
     return {k: p - lr * grads[k] for k, p in params.items()}
 
 
+class FlatLayout:
+    """A network's parameters laid end to end as one vector of coordinates, in
+    ``named_parameters`` order: for what acts on every coordinate alike (the meta-LSTM's
+    update rule, Reptile's carried Adam moments)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        named = list(module.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+
+    @property
+    def size(self) -> int:
+        """The number of coordinates."""
+        return sum(self.sizes)
+
+    def flat(self, params: Params, fused: bool = False) -> torch.Tensor:
+        """``[n]`` (``[B, n]`` when ``fused``: tensors with a leading task dimension)."""
+        lead = 1 if fused else 0
+        return torch.cat([params[k].reshape(*params[k].shape[:lead], -1) for k in self.names],
+                         dim=-1)
+
+    def unflat(self, flat: torch.Tensor) -> Params:
+        """The tensors of ``flat`` ``[..., n]``, by name, with its leading dimensions."""
+        lead = flat.shape[:-1]
+        return {k: t.reshape(*lead, *shape) for k, shape, t in
+                zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))}
+
+
 def param_key(name: str) -> str:
     """A parameter name as a ``ParameterDict`` key (a key may not contain dots)."""
     return name.replace(".", "/")

@@ -55,7 +55,7 @@ from ..tasks.base import TaskBatch, TaskSource
 from .base import Algorithm
 from .batching import Context, Query, Support, TrainingProgress, Vectorize, support_batch
 from .losses import accuracy
-from .params import Metrics, Params, detached, sgd_update
+from .params import FlatLayout, Metrics, Params, detached, sgd_update
 from .settings import Settings
 
 #: The inner Adam's epsilon (the reference code's TensorFlow default).
@@ -74,13 +74,10 @@ class Reptile(Algorithm):
         super().__init__(model, cfg, task, settings)
         self.carried = cfg.inner_optimizer == "adam" and cfg.adam_state == "carried"
         if self.carried:  # the carried Adam state, flat over the network's parameters
-            named = list(model.named_parameters())
-            self.names = [n for n, _ in named]
-            self.shapes = [p.shape for _, p in named]
-            self.sizes = [p.numel() for _, p in named]
-            ref = named[0][1].detach()
-            self.register_buffer("adam_m", ref.new_zeros(sum(self.sizes)))
-            self.register_buffer("adam_v", ref.new_zeros(sum(self.sizes)))
+            self.layout = FlatLayout(model)
+            ref = next(model.parameters()).detach()
+            self.register_buffer("adam_m", ref.new_zeros(self.layout.size))
+            self.register_buffer("adam_v", ref.new_zeros(self.layout.size))
             self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
 
     # -- the inner loop: SGD or Adam on support minibatches ------------------------------------
@@ -93,18 +90,8 @@ class Reptile(Algorithm):
             return ({k: torch.zeros_like(v) for k, v in params.items()},
                     {k: torch.zeros_like(v) for k, v in params.items()}, 0)
         lead = next(iter(params.values())).shape[:1] if ctx.fused else ()
-        m, v = (self._unflat(t.expand(*lead, -1)) for t in (self.adam_m, self.adam_v))
+        m, v = (self.layout.unflat(t.expand(*lead, -1)) for t in (self.adam_m, self.adam_v))
         return m, v, int(self.adam_t)
-
-    def _unflat(self, flat: torch.Tensor) -> Params:
-        lead = flat.shape[:-1]
-        return {k: t.reshape(*lead, *shape) for k, shape, t in
-                zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))}
-
-    def _flat(self, tensors: Params, ctx: Context) -> torch.Tensor:
-        lead = 1 if ctx.fused else 0
-        return torch.cat([tensors[k].reshape(*tensors[k].shape[:lead], -1)
-                          for k in self.names], dim=-1)
 
     def inner_step(self, params: Params, state: Any, support: Support, step: int,
                    ctx: Context) -> tuple[Params, Any, Metrics]:
@@ -147,8 +134,8 @@ class Reptile(Algorithm):
         metrics = dict(adapted.metrics)
         metrics["reptile_step"] = squared.detach().sqrt()
         if self.carried:  # each task's final moments, for the carried state (not logged)
-            metrics["adam_m"] = self._flat(adapted.state[0], ctx).detach()
-            metrics["adam_v"] = self._flat(adapted.state[1], ctx).detach()
+            metrics["adam_m"] = self.layout.flat(adapted.state[0], ctx.fused).detach()
+            metrics["adam_v"] = self.layout.flat(adapted.state[1], ctx.fused).detach()
         if ctx.progress is None or ctx.progress.logged:  # one more forward, when logged
             out = self.forward(phi, support.x, ctx)
             metrics["inner_loss_after"] = self.per_task(self.loss_fn, out, support.y,
