@@ -10,14 +10,19 @@ next to the paper's as if it were the same.
 
     python benchmarks/reproduce.py --root runs/reproduce                  # the table
     python benchmarks/reproduce.py --root runs/reproduce --run sine-maml  # run it first
+    python benchmarks/reproduce.py --root runs/reproduce --keep benchmarks/records
 
 ``--run`` trains each named sweep that is missing and resumes one that is unfinished
 (``fewshot train --resume``), then evaluates it; everything can be stopped and run again.
+``--keep DIR`` copies every evaluated sweep of the table into DIR without its checkpoints
+(configs, metrics, evaluations: a few hundred kB a run), so that the table can be made
+again from DIR (``--root DIR``) once the training machine's disk is gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -66,11 +71,12 @@ SWEEPS: dict[str, Sweep] = {
                        eval=["--steps", "1,10"]),
     # MAML paper, sec. 5.2, Omniglot 5-way 1-shot, at the reference code's settings (every
     # option of docs/REPRODUCING.md that restores one), its inner loss against the mean at
-    # equal training time
+    # equal training time (two seeds: four hour-long runs, two at a time on two cores)
     "omniglot-5w1s-maml": Sweep(
-        "configs/omniglot-5w1s-maml.yaml", "0", ["algorithm.inner_loss_reduction=mean,sum/K"],
+        "configs/omniglot-5w1s-maml.yaml", "0,1", ["algorithm.inner_loss_reduction=mean,sum/K"],
         ["task.rotations=per_task", "model.batch_norm_scale=false", "model.init=reference",
-         "algorithm.inner_adapts_batch_norm=false", "train.max_seconds=3600"]),
+         "algorithm.inner_adapts_batch_norm=false", "train.max_seconds=3600",
+         "train.threads=1"]),
     # MAML paper, sec. 5.2, Omniglot 20-way 1-shot, at the reference code's settings, its
     # inner loss against the mean at equal iterations (1,000 of the paper's 60,000), with a
     # validation curve every 250 to see which learns faster
@@ -196,11 +202,30 @@ def machine(r: Any) -> str:
     return "; ".join(sorted(seen))
 
 
+def keep(root: Path, into: Path) -> list[str]:
+    """Copy each sweep of ``ROWS`` under ``root`` into ``into``, checkpoints and plots left
+    out; a sweep already there is replaced. Returns the names copied."""
+    copied = []
+    for name in dict.fromkeys(row.sweep for row in ROWS):
+        source = root / name
+        if not (source / "sweep.json").is_file() or source.resolve() == (into / name).resolve():
+            continue
+        target = into / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target,
+                        ignore=shutil.ignore_patterns("checkpoints", "plots", ".lock", "*.pt"))
+        copied.append(name)
+    return copied
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="folder of the sweeps")
     parser.add_argument("--run", default="", help="comma-separated sweeps to train and "
                         f"evaluate first ({', '.join(SWEEPS)}; 'all')")
+    parser.add_argument("--keep", type=Path, help="copy the sweeps, without checkpoints, "
+                        "into this folder (e.g. benchmarks/records)")
     common.add_write_results_option(parser)
     args = parser.parse_args()
     wanted = list(SWEEPS) if args.run == "all" else [x for x in args.run.split(",") if x]
@@ -208,6 +233,8 @@ def main() -> None:
         if name not in SWEEPS:
             raise SystemExit(f"--run: unknown sweep {name!r} (known: {', '.join(SWEEPS)})")
         run(name, args.root)
+    if args.keep:
+        print(f"kept in {args.keep}: {', '.join(keep(args.root, args.keep)) or 'nothing'}")
     paper_rows, other_rows, missing = [], [], []
     for row in ROWS:
         got = measured(row, args.root)

@@ -184,3 +184,24 @@ def test_member_names_and_values() -> None:
     both = members_of(parse_axes(None, ["task.shots=1,2", "eval.shots=3,4"]))
     assert both[0].name == "task.shots=1_eval.shots=3"  # a shared last part: the full key
     assert both[0].overrides == ["task.shots=1", "eval.shots=3"]
+
+
+def test_threads_fixed_by_every_members_config_are_not_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fewshot_cli.sweep_command as sweep_command
+
+    seen: list[int | None] = []
+    real = sweep_command.run_jobs
+
+    def spy(jobs: list, **kw: object) -> object:
+        seen.append(kw["threads"])  # type: ignore[arg-type]
+        return real(jobs, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sweep_command, "run_jobs", spy)
+    invoke("train", SINE, *SHORT, "--seeds", "0,1", "--set", "train.threads=1",
+           "--run-dir", tmp_path / "fixed")
+    # members that fix different thread counts: the first measures as before
+    invoke("train", SINE, *SHORT, "--seeds", "0", "--sweep", "train.threads=1,2",
+           "--run-dir", tmp_path / "mixed")
+    assert seen == [1, None]
+    assert statuses(tmp_path / "fixed") == {"seed=0": "completed", "seed=1": "completed"}

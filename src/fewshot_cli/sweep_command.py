@@ -132,10 +132,13 @@ def _run(sweep: SweepDir, members: list[Member], configs: dict[str, Config],
         todo.append(Job(m, [*argv, "--no-progress"], sweep.log_path(m), path,
                         total=configs[m.name].train.iterations, fresh=status == "pending"))
     slots = jobs
+    fixed = {configs[j.member.name].train.threads for j in todo}
     if slots is None and threads is None and any(_uses_gpu(c) for c in configs.values()):
         slots = 1  # one GPU: members take turns (--jobs N shares it)
     elif slots is not None and slots > 1 and threads is None:
         threads = max(1, cores() // slots)  # side by side: the cores shared, none measured
+    elif threads is None and len(fixed) == 1 and None not in fixed:
+        threads = fixed.pop()  # every member's config sets train.threads: nothing to measure
 
     def record(job: Job) -> None:
         sweep.record(job.member.name, status="running" if job.code is None else
