@@ -37,6 +37,7 @@ def main() -> None:
                                   show_progress=False)
         assert outcome.status == "completed", (name, outcome.status, outcome.message)
     distributed.stop(clean=True)
+    distributed.leave_process(0)
 
 
 if __name__ == "__main__":

@@ -291,3 +291,23 @@ def test_eval_split_over_processes_writes_what_one_process_writes(tmp_path: Path
         return [timeless(v) for v in x] if isinstance(x, list) else x
 
     assert timeless(split) == timeless(alone)
+
+
+def test_a_torchrun_rank_ends_through_leave_process(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """Under torchrun ``fewshot`` exits with ``leave_process(code)`` (no interpreter
+    teardown), the command's own exit code kept; in one process it returns as usual."""
+    from fewshot_cli import cli
+    from fewshot_cli.engine import distributed
+
+    codes: list[int] = []
+    monkeypatch.setattr(distributed, "leave_process", codes.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["fewshot", "--help"], ["fewshot", "eval", str(tmp_path / "nothing")]):
+        monkeypatch.setattr(sys, "argv", argv)
+        cli.main()
+    assert codes[0] == 0 and codes[1] != 0
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code != 0 and len(codes) == 2

@@ -471,7 +471,20 @@ def ls(
 
 
 def main() -> None:
-    app()
+    """``fewshot``; a ``torchrun`` rank ends through :func:`distributed.leave_process`."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        app()
+        return
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    from .engine.distributed import leave_process
+
+    leave_process(code)
 
 
 if __name__ == "__main__":
