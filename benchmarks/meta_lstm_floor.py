@@ -17,7 +17,10 @@ Two counts bound it from below:
 The floor is the larger of the two times. The script also counts the bytes every
 operator of the current implementation reads and writes (views excluded: what an unfused,
 operator-by-operator execution must move), which bounds what that execution can reach
-without fusing operators. Random images of the config's shape (no data set needed).
+without fusing operators, and times the first LSTM layer's matrix products alone at the
+shapes they have (a product with 24 inputs per coordinate runs far below the square
+``sgemm`` rate the arithmetic floor assumes). Random images of the config's shape (no data
+set needed).
 
     python benchmarks/meta_lstm_floor.py --threads 1 [--config omniglot-5w1s-meta-lstm]
 """
@@ -71,6 +74,21 @@ def best(fn: Any, repeat: int) -> float:
     return min(times)
 
 
+def products_at_their_shapes(n: int, k: int, m: int, repeat: int) -> dict[str, float]:
+    """Seconds of the first LSTM layer's three matrix products of one update (forward,
+    and the two of its backward pass) at the shapes they have: coordinates first (the
+    layout of ``CoordinateLSTM``: ``[n, k] @ [k, m]``, ``[m, n] @ [n, k]``,
+    ``[n, m] @ [m, k]``) and, for comparison, coordinates last (the transposes)."""
+    import torch
+
+    x, w, dz = torch.randn(n, k), torch.randn(k, m), torch.randn(n, m)
+    xt, wt, dzt = x.T.contiguous(), w.T.contiguous(), dz.T.contiguous()
+    return {
+        "coordinates first": best(lambda: (x @ w, dz.T @ x, dz @ w.T), repeat),
+        "coordinates last": best(lambda: (wt @ xt, dzt @ xt.T, wt.T @ dzt), repeat),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="omniglot-5w1s-meta-lstm")
@@ -107,6 +125,7 @@ def main() -> None:
     gemm = 2 * 2048**3 / best(lambda: a @ b, args.repeat) / 1e9
     big, dst = torch.randn(64 * 2**20), torch.empty(64 * 2**20)  # 256 MB each
     bandwidth = 2 * big.numel() * 4 / best(lambda: dst.copy_(big), args.repeat) / 1e9
+    shaped = products_at_their_shapes(n, 4 + hidden, 4 * hidden, args.repeat)
     times = []
     for _ in range(args.repeat):
         start = time.perf_counter()
@@ -135,6 +154,11 @@ def main() -> None:
         f"| **one episode now** (median of {args.repeat}) | **{took:.3f} s** "
         f"({took / floor:.1f}x the floor) |",
     ]
+    product_flops = 3 * 2 * n * (4 + hidden) * 4 * hidden
+    for layout, seconds in shaped.items():
+        lines.append(f"| the first LSTM layer's three products per update at their own "
+                     f"shapes, {layout}, times T | {steps * seconds:.3f} s "
+                     f"({product_flops / seconds / 1e9:.1f} GFLOP/s) |")
     common.publish("\n".join(lines), args.write_results)
 
 
