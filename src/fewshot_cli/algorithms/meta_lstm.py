@@ -157,7 +157,7 @@ class MetaLSTM(Algorithm):
     """The LSTM meta-learner of Ravi & Larochelle (2017); see the module docstring."""
 
     kind = "meta_lstm"
-    paths = ("vmap", "loop", "fused")
+    paths = ("vmap", "loop", "fused", "compiled")
     cfg: MetaLSTMConfig
 
     @classmethod
