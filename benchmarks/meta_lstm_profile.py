@@ -73,7 +73,6 @@ def main() -> None:
             took, ops = top_operators(fn, args.top)
             shares = ", ".join(f"{name} {share:.0%}" for name, share in ops)
             lines.append(f"| {path} | {what} | {took:.2f} | {shares} |")
-            print(lines[-1], flush=True)
     common.publish("\n".join(lines), args.write_results)
 
 
