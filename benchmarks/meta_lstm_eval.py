@@ -40,6 +40,18 @@ def build(config: str) -> tuple[Any, Any, Any]:
     return cfg, shape, algorithms.build(cfg, models.build(cfg.model, shape), shape)
 
 
+def drawer(cfg: Any, shape: Any, gen: Any) -> Any:
+    """``draw(n, queries)``: n tasks of the config's shape with that many queries per class
+    (or points): the sinusoid's own task source, else random images."""
+    if cfg.task.kind == "sinusoid":  # no data needed: the task source itself
+        from fewshot_cli import tasks
+
+        source = tasks.build(cfg.task)
+        return lambda n, queries: source.sample(n, gen, "val", queries=queries)
+    return lambda n, queries: batch_of(n, shape.input_shape, cfg.task.ways, cfg.task.shots,
+                                       queries, gen)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="omniglot-5w1s-meta-lstm")
@@ -59,16 +71,7 @@ def main() -> None:
     limit = algo.eval_tasks_at_once()
     steps = cfg.algorithm.eval_inner_steps
     gen = torch.Generator().manual_seed(0)
-    if cfg.task.kind == "sinusoid":  # no data needed: the task source itself
-        from fewshot_cli import tasks
-
-        source = tasks.build(cfg.task)
-
-        def draw(n: int, queries: int) -> Any:
-            return source.sample(n, gen, "val", queries=queries)
-    else:
-        def draw(n: int, queries: int) -> Any:
-            return batch_of(n, shape.input_shape, cfg.task.ways, cfg.task.shots, queries, gen)
+    draw = drawer(cfg, shape, gen)
     lines = [f"Command: `{common.command_line(__file__)}`; {time.strftime('%Y-%m-%d')}; "
              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
              f"`{args.config}` ({sum(p.numel() for p in algo.model.parameters()):,} learner "

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import common
-from meta_lstm_eval import batch_of, build
+from meta_lstm_eval import build, drawer
 
 
 def main() -> None:
@@ -28,18 +28,13 @@ def main() -> None:
     common.set_threads(args.threads)
     import torch
 
-    from fewshot_cli import tasks
     from fewshot_cli.algorithms import TrainingProgress
     from fewshot_cli.engine.meta_update import meta_update
 
     cfg, shape, algo = build(args.config)
     gen = torch.Generator().manual_seed(0)
     meta_batch = cfg.algorithm.meta_batch
-    if cfg.task.kind == "sinusoid":
-        batch = tasks.build(cfg.task).sample(meta_batch, gen, "train")
-    else:
-        batch = batch_of(meta_batch, shape.input_shape, cfg.task.ways, cfg.task.shots,
-                         cfg.task.queries, gen)
+    batch = drawer(cfg, shape, gen)(meta_batch, cfg.task.queries)
     paths = [p for p in args.paths.split(",") if p in algo.available_paths]
     opt = algo.configure_optimizer()
     first: dict[str, float] = {}
