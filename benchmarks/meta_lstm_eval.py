@@ -1,9 +1,12 @@
 """Seconds per evaluated task of the LSTM meta-learner (validation's and ``fewshot eval``'s
-adaptation), at 12 and at 100 tasks per chunk, in passes of ``eval_tasks_at_once`` tasks
-against one pass over the whole chunk, next to one training episode; random images of the
-config's shape (no data set needed), one process, every path.
+adaptation, through the engine's entry point), at 12 and at 100 tasks per chunk, in passes
+of ``eval_tasks_at_once`` tasks, next to one training episode on the same path; with
+``--one-pass`` also one pass over the whole chunk (eager paths). Random images of the
+config's shape (no data set needed), one process; the ``compiled`` path's first call (its
+compilation) is reported apart.
 
     python benchmarks/meta_lstm_eval.py --threads 1 [--config omniglot-5w1s-meta-lstm]
+        [--paths fused,compiled] [--one-pass]
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="omniglot-5w1s-meta-lstm")
     parser.add_argument("--tasks", default="12,100")
-    parser.add_argument("--paths", default="fused,vmap,loop")
+    parser.add_argument("--paths", default="fused,vmap,loop,compiled")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--one-pass", action="store_true",
+                        help="also time one pass over the whole chunk (eager paths)")
     common.add_threads_option(parser, default=1)
     common.add_write_results_option(parser)
     args = parser.parse_args()
@@ -65,6 +70,7 @@ def main() -> None:
     import torch
 
     from fewshot_cli.algorithms import TrainingProgress
+    from fewshot_cli.engine import compiled
     from fewshot_cli.engine.meta_update import meta_update
 
     cfg, shape, algo = build(args.config)
@@ -77,37 +83,45 @@ def main() -> None:
              f"`{args.config}` ({sum(p.numel() for p in algo.model.parameters()):,} learner "
              f"coordinates, {steps} updates at test; `eval_tasks_at_once` = {limit}).", "",
              "| path | what | tasks | seconds per task (passes of at most "
-             f"{limit}) | seconds per task (one pass) |", "| --- | --- | ---: | ---: | ---: |"]
+             f"{limit}) | against the path's training episode | first call (s) "
+             "| seconds per task (one pass) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for path in args.paths.split(","):
         if path not in algo.available_paths:
             continue
         opt = algo.configure_optimizer()
         train = draw(cfg.algorithm.meta_batch, cfg.task.queries)
+        start = time.perf_counter()
         meta_update(algo, train, path, TrainingProgress(1, 10, False), opt)  # warm-up
+        first = time.perf_counter() - start
         start = time.perf_counter()
         for i in range(args.repeat):
             meta_update(algo, train, path, TrainingProgress(i + 2, 10, False), opt)
         episode = (time.perf_counter() - start) / args.repeat / cfg.algorithm.meta_batch
         lines.append(f"| {path} | training episode (one task's meta-update) | "
-                     f"{cfg.algorithm.meta_batch} | {episode:.3f} | |")
+                     f"{cfg.algorithm.meta_batch} | {episode:.3f} | 1.00 | {first:.1f} | |")
+        print(lines[-1], flush=True)
         for queries, what in ((cfg.task.queries, "validation"),
                               (cfg.eval.queries or cfg.task.queries, "eval")):
             for n in (int(x) for x in args.tasks.split(",")):
                 batch = draw(n, queries)
                 chunks = (queries if cfg.eval.query_batch == "per_class"
                           and shape.problem == "classification" else 1)
-                seconds = {}
-                for mode in ("passes", "whole"):
-                    if mode == "whole":
-                        algo.eval_tasks_at_once = lambda: None  # type: ignore[method-assign]
+                start = time.perf_counter()  # the first call: a compilation on compiled
+                compiled.evaluate_tasks(algo, batch.split(limit)[0], steps, path, chunks)
+                first = time.perf_counter() - start
+                start = time.perf_counter()
+                compiled.evaluate_tasks(algo, batch, steps, path, chunks)
+                per_task = (time.perf_counter() - start) / n
+                whole = ""
+                if args.one_pass and path != "compiled":
+                    algo.eval_tasks_at_once = lambda: None  # type: ignore[method-assign]
                     start = time.perf_counter()
                     algo.evaluate_tasks(batch, steps, path, chunks)
-                    seconds[mode] = (time.perf_counter() - start) / n
-                    if mode == "whole":
-                        del algo.eval_tasks_at_once
+                    whole = f"{(time.perf_counter() - start) / n:.3f}"
+                    del algo.eval_tasks_at_once
                 per = "queries per class" if shape.problem == "classification" else "query points"
-                lines.append(f"| {path} | {what} ({queries} {per}) | {n} | "
-                             f"{seconds['passes']:.3f} | {seconds['whole']:.3f} |")
+                lines.append(f"| {path} | {what} ({queries} {per}) | {n} | {per_task:.3f} | "
+                             f"{per_task / episode:.2f} | {first:.1f} | {whole} |")
                 print(lines[-1], flush=True)
     common.publish("\n".join(lines), args.write_results)
 

@@ -47,15 +47,16 @@ def sine_setup(steps: int = 3, inner_batch: int | None = None, hidden: list[int]
     return algo, batch
 
 
-def conv_setup(steps: int = 2, inner_batch: int | None = None, seed: int = 0, size: int = 16):
+def conv_setup(steps: int = 2, inner_batch: int | None = None, seed: int = 0, size: int = 16,
+               tasks: int = 2):
     torch.manual_seed(seed)
     model = Conv4((1, size, size), 3, filters=3, strided=False).double()
     algo = MetaLSTM(model, MetaLSTMConfig(loss="cross_entropy", inner_steps=steps,
                                           inner_batch=inner_batch),
                     TaskShape("classification", (1, size, size), 3)).double()
     gen = torch.Generator().manual_seed(seed + 1)
-    images = torch.randn(2, 12, 1, size, size, generator=gen, dtype=torch.float64)
-    labels = torch.arange(3).repeat(4).expand(2, -1).contiguous()
+    images = torch.randn(tasks, 12, 1, size, size, generator=gen, dtype=torch.float64)
+    labels = torch.arange(3).repeat(4).expand(tasks, -1).contiguous()
     return algo, TaskBatch(images[:, :6], labels[:, :6], images[:, 6:], labels[:, 6:])
 
 
@@ -279,6 +280,59 @@ def test_compiled_meta_gradient_matches_the_independent_implementation() -> None
     for k in want:
         assert (grads[k] - want[k]).abs().max() < 1e-10, k
     assert loss.item() == pytest.approx(reference_objective(algo, batch).item(), rel=1e-12)
+
+
+def test_compiled_evaluation_equals_the_eager_path(monkeypatch) -> None:  # noqa: ANN001
+    """A run on the ``compiled`` path evaluates compiled: passes of ``eval_tasks_at_once``
+    tasks (here 2,2,1, the last padded to 2 and cut back) from one compiled function give the
+    eager path's query curve and adaptation metrics."""
+    from fewshot_cli.engine import compiled
+
+    algo, batch = sine_setup(steps=2, inner_batch=3, tasks=5)
+    algo.eval_tasks_at_once = lambda: 2  # type: ignore[method-assign]
+    want = algo.evaluate_tasks(batch, 2, "vmap")
+    real, calls = compiled._compiled_evaluation(), []
+
+    def counted(*args: object) -> object:
+        calls.append(args[2][0].shape[0])
+        return real(*args)
+
+    monkeypatch.setattr(compiled, "_compiled_evaluation", lambda: counted)
+    got = compiled.evaluate_tasks(algo, batch, 2, "compiled")
+    assert calls == [2, 2, 2]
+    assert got.curve.shape == want.curve.shape == (5, 3, 1)
+    assert (got.curve - want.curve).abs().max() < 1e-10
+    assert set(got.inner) == set(want.inner)
+    for k in want.inner:
+        assert (got.inner[k] - want.inner[k]).abs().max() < 1e-10, k
+    assert (want.curve[0] - want.curve[1]).abs().max() > 1e-3  # the tasks differ
+
+
+def test_compiled_evaluation_falls_back_to_eager_and_lets_a_stop_through(monkeypatch
+                                                                        ) -> None:  # noqa: ANN001
+    """A compiler failure: a warning and the eager path's results; a stop signal that
+    reached the compiler (wrapped in its error) is raised as the stop."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from fewshot_cli.engine import compiled
+    from fewshot_cli.engine.stopping import Interrupted
+
+    algo, batch = sine_setup(steps=2, tasks=3)
+    want = algo.evaluate_tasks(batch, 2, "vmap")
+
+    def failing(inner: Exception):
+        def run(*args: object) -> object:
+            raise BackendCompilerFailed(None, inner, None)
+        return lambda: run
+
+    monkeypatch.setattr(compiled, "_compiled_evaluation", failing(Interrupted(15)))
+    with pytest.raises(Interrupted):
+        compiled.evaluate_tasks(algo, batch, 2, "compiled")
+    monkeypatch.setattr(compiled, "_compiled_evaluation", failing(RuntimeError("no compiler")))
+    with pytest.warns(RuntimeWarning, match="eager vmap path"):
+        got = compiled.evaluate_tasks(algo, batch, 2, "compiled")
+    assert torch.equal(got.curve, want.curve)
+    assert compiled._STATES[algo].eval_eager
 
 
 def test_one_update_meta_gradient_is_the_first_order_formula() -> None:

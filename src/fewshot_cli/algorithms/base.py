@@ -76,11 +76,14 @@ class Algorithm(nn.Module):
 
     Class attributes a subclass sets: ``kind`` (its ``algorithm.kind``),
     ``paths`` (the ``train.vectorize`` paths it supports; ``fused`` also needs a
-    network with ``forward_tasks``).
+    network with ``forward_tasks``), ``compiled_evaluation`` (a run on the ``compiled``
+    path also evaluates compiled; off where that has not been measured to pay for its
+    compilation).
     """
 
     kind: ClassVar[str]
     paths: ClassVar[tuple[Vectorize, ...]] = ("vmap", "loop")
+    compiled_evaluation: ClassVar[bool] = False
 
     @classmethod
     def learns_step_sizes(cls, cfg: AlgorithmSection) -> bool:

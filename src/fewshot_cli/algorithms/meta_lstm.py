@@ -158,6 +158,7 @@ class MetaLSTM(Algorithm):
 
     kind = "meta_lstm"
     paths = ("vmap", "loop", "fused", "compiled")
+    compiled_evaluation = True  # benchmarks/RESULTS.md, "Evaluation in passes of a few tasks"
     cfg: MetaLSTMConfig
 
     @classmethod

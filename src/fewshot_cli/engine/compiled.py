@@ -17,6 +17,13 @@ engine times paths on copies) reuses them. An objective that reads the iteration
 multi-step loss or derivative-order annealing) would need a new graph every
 iteration; the first call that would recompile for a key already compiled switches
 that algorithm to the eager ``vmap`` path instead (same mathematics), with a warning.
+
+Evaluation (validation, ``fewshot eval``) of a run on this path is compiled too where the
+algorithm says it pays (``compiled_evaluation``; :func:`evaluate_tasks`): the adaptation of
+a pass of ``eval_tasks_at_once`` tasks, without an outer gradient, as one more compiled
+function; the last pass of a chunk is padded to the others' size (its extra tasks
+dropped), so that one graph serves every pass. Where that cannot be compiled the evaluation
+runs on the eager ``vmap`` path, with a warning.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 from torch.utils._pytree import tree_map
 
+from ..algorithms.base import Evaluation
 from ..errors import FewshotError
 from ..tasks.base import TaskBatch
+from .stopping import Interrupted
 
 # A CUDA build of torch compiling for the CPU of a machine without a GPU logs a warning
 # about the CUDA runtime on every compile; it says nothing about this run.
@@ -98,6 +107,7 @@ class _State:
         self.keys: set[tuple[Any, ...]] = set()
         self.unused: set[str] | None = None
         self.eager = False
+        self.eval_eager = False
 
 
 _STATES: weakref.WeakKeyDictionary[nn.Module, _State] = weakref.WeakKeyDictionary()
@@ -170,3 +180,100 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
     if graphs:  # out of the graphs' memory before the next replay reuses it
         grads, loss, metrics = tree_map(torch.clone, (grads, loss, metrics))
     return ({n.removeprefix("algo."): g for n, g in grads.items()}, loss, metrics)
+
+
+class _Evaluator(nn.Module):
+    """``evaluate_tasks`` of ``algo`` on :data:`INNER_PATH` as a module's ``forward``."""
+
+    def __init__(self, algo: nn.Module) -> None:
+        super().__init__()
+        self.algo = algo
+
+    def forward(self, batch: tuple[torch.Tensor | None, ...], steps: int, query_chunks: int,
+                probe: torch.Tensor | None) -> Any:
+        sx, sy, qx, qy, ux = batch
+        ev = self.algo.evaluate_tasks(TaskBatch(sx, sy, qx, qy, unlabelled_x=ux), steps,
+                                      INNER_PATH, query_chunks, probe)
+        return ev.curve, ev.inner, ev.probed
+
+
+def _evaluation(module: _Evaluator, params: dict[str, torch.Tensor],
+                batch: tuple[torch.Tensor | None, ...], steps: int, query_chunks: int,
+                probe: torch.Tensor | None) -> Any:
+    return functional_call(module, params, (batch, steps, query_chunks, probe))
+
+
+@functools.cache
+def _compiled_evaluation() -> Callable[..., Any]:
+    return torch.compile(_evaluation, fullgraph=True, dynamic=False)
+
+
+def _interrupted(e: BaseException) -> Interrupted | None:
+    """A stop signal that reached the compiler and came back wrapped in its errors."""
+    while e is not None:
+        if isinstance(e, Interrupted):
+            return e
+        e = (getattr(e, "inner_exception", None) or e.__cause__  # type: ignore[assignment]
+             or e.__context__)
+    return None
+
+
+def _pad(batch: TaskBatch, size: int) -> TaskBatch:
+    """``batch`` with its last task repeated up to ``size`` tasks."""
+    n = len(batch)
+    index = torch.cat([torch.arange(n), torch.full((size - n,), n - 1)]).to(
+        batch.support_x.device)
+
+    def pad(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.index_select(0, index)
+
+    return TaskBatch(pad(batch.support_x), pad(batch.support_y), pad(batch.query_x),
+                     pad(batch.query_y), {}, pad(batch.unlabelled_x))
+
+
+def evaluate_tasks(algo: Any, batch: TaskBatch, steps: int, vectorize: str,
+                   query_chunks: int = 1, probe: torch.Tensor | None = None) -> Evaluation:
+    """``algo.evaluate_tasks`` on ``vectorize``; on ``compiled``, each pass of at most
+    :meth:`eval_tasks_at_once` tasks from one compiled function (module docstring), the
+    same results as the eager ``vmap`` path."""
+    state = _STATES.setdefault(algo, _State())
+    if vectorize != "compiled" or state.eval_eager or not algo.compiled_evaluation:
+        path = INNER_PATH if vectorize == "compiled" else vectorize
+        return algo.evaluate_tasks(batch, steps, path, query_chunks, probe)
+    size = min(algo.eval_tasks_at_once() or len(batch), len(batch))
+    module = _Evaluator(algo)
+    params = {n: p.detach() for n, p in module.named_parameters()}
+    compiled = _compiled_evaluation()
+    parts = []
+    for part in batch.split(size):
+        n = len(part)
+        tensors = _tensors(_pad(part, size) if n < size else part)
+        try:
+            with torch.no_grad():
+                curve, inner, probed = compiled(module, params, tensors, steps, query_chunks,
+                                                probe)
+        except Exception as e:  # the compiler's errors are many; a stop is not one of them
+            stop = _interrupted(e)
+            if stop is not None:
+                raise stop from None
+            from torch._dynamo.exc import BackendCompilerFailed, Unsupported
+            if not isinstance(e, (BackendCompilerFailed, Unsupported)):
+                raise
+            state.eval_eager = True
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            warnings.warn(f"evaluation: compiled: torch.compile failed ({first}); evaluating "
+                          f"on the eager {INNER_PATH} path", RuntimeWarning, stacklevel=2)
+            return algo.evaluate_tasks(batch, steps, INNER_PATH, query_chunks, probe)
+        parts.append(Evaluation(curve[:n], {k: v[:n] for k, v in inner.items()},
+                                None if probed is None else probed[:n]))
+    if len(parts) == 1:
+        return parts[0]
+    return Evaluation(torch.cat([p.curve for p in parts]),
+                      {k: torch.cat([p.inner[k] for p in parts]) for k in parts[0].inner},
+                      None if parts[0].probed is None else
+                      torch.cat([p.probed for p in parts]))  # type: ignore[misc]
+
+
+def _tensors(batch: TaskBatch) -> tuple[torch.Tensor | None, ...]:
+    return (batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+            batch.unlabelled_x)
