@@ -583,3 +583,19 @@ def test_evaluating_a_few_tasks_at_a_time_gives_what_all_at_once_gives(
     assert all(torch.allclose(parts.inner[k], whole.inner[k], rtol=0, atol=1e-10)
                for k in whole.inner)
     assert MetaLSTM.eval_tasks_at_once(conv_setup()[0]) >= 1
+
+
+def test_eval_protocol_says_how_batch_norm_normalises_the_queries() -> None:
+    """eval.json's protocol line: the meta-LSTM's queries use the support batches' running
+    statistics (its default), MAML's the query batch's own."""
+    from fewshot_cli.config import load_config
+    from fewshot_cli.engine.evaluator import _protocol
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    lstm = load_config(configs / "omniglot-5w1s-meta-lstm.yaml")
+    maml = load_config(configs / "omniglot-5w1s-maml.yaml")
+    assert "running statistics of the task's support batches" in _protocol(True, "all", 1, lstm)
+    assert "that batch's statistics" in _protocol(True, "all", 1, maml)
+    batch = load_config(configs / "omniglot-5w1s-meta-lstm.yaml",
+                        ["algorithm.eval_batch_norm=batch"])
+    assert "each batch's statistics" in _protocol(True, "per_class", 15, batch)

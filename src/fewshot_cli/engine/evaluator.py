@@ -315,8 +315,12 @@ def _protocol(classification: bool, query_batch: str, queries: int, cfg: Config)
     if not classification:
         return f"{queries} query points per task, one forward pass"
     ways = cfg.task.ways
+    running = (getattr(cfg.algorithm, "eval_batch_norm", None) == "running"
+               and getattr(cfg.model, "batch_norm", False))
+    own = "each batch's" if query_batch == "per_class" else "that batch's"
+    norm = ("batch norm uses the running statistics of the task's support batches" if running
+            else f"batch norm uses {own} statistics")
     if query_batch == "per_class":
         return (f"{queries} queries per class, classified in {queries} batches of {ways} "
-                "(one image per class; batch norm uses each batch's statistics)")
-    return (f"{queries} queries per class, all {queries * ways} classified in one batch "
-            "(batch norm uses that batch's statistics)")
+                f"(one image per class; {norm})")
+    return f"{queries} queries per class, all {queries * ways} classified in one batch ({norm})"
