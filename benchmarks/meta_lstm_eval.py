@@ -74,6 +74,7 @@ def main() -> None:
     from fewshot_cli.engine.meta_update import meta_update
 
     cfg, shape, algo = build(args.config)
+    algo.compiled_evaluation = True  # the compiled path's evaluation is what is timed
     limit = algo.eval_tasks_at_once()
     steps = cfg.algorithm.eval_inner_steps
     gen = torch.Generator().manual_seed(0)

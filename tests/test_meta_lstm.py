@@ -283,7 +283,8 @@ def test_compiled_meta_gradient_matches_the_independent_implementation() -> None
 
 
 def test_compiled_evaluation_equals_the_eager_path(monkeypatch) -> None:  # noqa: ANN001
-    """A run on the ``compiled`` path evaluates compiled: passes of ``eval_tasks_at_once``
+    """Off by default, a run on the ``compiled`` path evaluates on eager vmap; switched on
+    (``compiled_evaluation``) it evaluates compiled: passes of ``eval_tasks_at_once``
     tasks (here 2,2,1, the last padded to 2 and cut back) from one compiled function give the
     eager path's query curve and adaptation metrics."""
     from fewshot_cli.engine import compiled
@@ -291,6 +292,14 @@ def test_compiled_evaluation_equals_the_eager_path(monkeypatch) -> None:  # noqa
     algo, batch = sine_setup(steps=2, inner_batch=3, tasks=5)
     algo.eval_tasks_at_once = lambda: 2  # type: ignore[method-assign]
     want = algo.evaluate_tasks(batch, 2, "vmap")
+
+    def never() -> None:
+        raise AssertionError("compiled although compiled_evaluation is off")
+
+    monkeypatch.setattr(compiled, "_compiled_evaluation", never)
+    assert torch.equal(compiled.evaluate_tasks(algo, batch, 2, "compiled").curve, want.curve)
+    monkeypatch.undo()
+    algo.compiled_evaluation = True  # off by default (it did not pay); the mechanism itself
     real, calls = compiled._compiled_evaluation(), []
 
     def counted(*args: object) -> object:
@@ -318,6 +327,7 @@ def test_compiled_evaluation_falls_back_to_eager_and_lets_a_stop_through(monkeyp
     from fewshot_cli.engine.stopping import Interrupted
 
     algo, batch = sine_setup(steps=2, tasks=3)
+    algo.compiled_evaluation = True
     want = algo.evaluate_tasks(batch, 2, "vmap")
 
     def failing(inner: Exception):

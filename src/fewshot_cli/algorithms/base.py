@@ -77,8 +77,8 @@ class Algorithm(nn.Module):
     Class attributes a subclass sets: ``kind`` (its ``algorithm.kind``),
     ``paths`` (the ``train.vectorize`` paths it supports; ``fused`` also needs a
     network with ``forward_tasks``), ``compiled_evaluation`` (a run on the ``compiled``
-    path also evaluates compiled; off where that has not been measured to pay for its
-    compilation).
+    path also evaluates compiled; off until measured to pay for its compilation, which no
+    algorithm is yet).
     """
 
     kind: ClassVar[str]
