@@ -158,7 +158,7 @@ class MetaLSTM(Algorithm):
 
     kind = "meta_lstm"
     paths = ("vmap", "loop", "fused", "compiled")
-    # compiled evaluation measured not to pay here (1.2x per task after a 4-minute compilation,
+    # compiled evaluation measured not to pay here (1.3x per task after a 3.5-minute compile,
     # benchmarks/RESULTS.md, "Evaluation in passes of a few tasks"): it stays off
     cfg: MetaLSTMConfig
 
