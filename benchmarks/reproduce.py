@@ -15,7 +15,8 @@ next to the paper's as if it were the same.
 ``--run`` trains each named sweep that is missing and resumes one that is unfinished
 (``fewshot train --resume``), then evaluates it; everything can be stopped and run again.
 ``--keep DIR`` copies every evaluated sweep of the table into DIR without its checkpoints
-(configs, metrics, evaluations: a few hundred kB a run), so that the table can be made
+(configs, metrics, evaluations: a few hundred kB a run; a sweep done in parts,
+``keep_last``, keeps each member's ``last.pt`` to go on from), so that the table can be made
 again from DIR (``--root DIR``) once the training machine's disk is gone.
 """
 
@@ -81,7 +82,7 @@ SWEEPS: dict[str, Sweep] = {
     # MAML paper, sec. 5.2, Omniglot 20-way 1-shot, at the reference code's settings, its
     # inner loss against the mean at equal iterations (1,000 of the paper's 60,000), with a
     # validation curve every 250 to see which learns faster (three seeds: six runs of about
-    # an hour each on one core)
+    # an hour each on one core; seed 0 is done)
     "omniglot-20w1s-maml": Sweep(
         "configs/omniglot-20w1s-maml.yaml", "0,1,2", ["algorithm.inner_loss_reduction=mean,sum/K"],
         ["task.rotations=per_task", "model.batch_norm_scale=false", "model.init=reference",
