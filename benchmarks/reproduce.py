@@ -15,8 +15,7 @@ next to the paper's as if it were the same.
 ``--run`` trains each named sweep that is missing and resumes one that is unfinished
 (``fewshot train --resume``), then evaluates it; everything can be stopped and run again.
 ``--keep DIR`` copies every evaluated sweep of the table into DIR without its checkpoints
-(configs, metrics, evaluations: a few hundred kB a run; a sweep done in parts,
-``keep_last``, keeps each member's ``last.pt`` to go on from), so that the table can be made
+(configs, metrics, evaluations: a few hundred kB a run), so that the table can be made
 again from DIR (``--root DIR``) once the training machine's disk is gone.
 """
 
@@ -63,8 +62,11 @@ class Sweep:
     sweep: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=list)
     eval: list[str] = field(default_factory=list)
-    keep_last: bool = False  # its record keeps each member's last.pt (a run done in parts)
 
+
+#: The options of docs/REPRODUCING.md that restore the reference MAML's settings (Omniglot).
+REFERENCE_MAML = ["task.rotations=per_task", "model.batch_norm_scale=false",
+                  "model.init=reference", "algorithm.inner_adapts_batch_norm=false"]
 
 SWEEPS: dict[str, Sweep] = {
     # MAML paper, sec. 5.1: K = 5, 10, 20 support points, one inner step in training, MSE on
@@ -76,28 +78,24 @@ SWEEPS: dict[str, Sweep] = {
     # equal training time (two seeds: four hour-long runs, two at a time on two cores)
     "omniglot-5w1s-maml": Sweep(
         "configs/omniglot-5w1s-maml.yaml", "0,1", ["algorithm.inner_loss_reduction=mean,sum/K"],
-        ["task.rotations=per_task", "model.batch_norm_scale=false", "model.init=reference",
-         "algorithm.inner_adapts_batch_norm=false", "train.max_seconds=3600",
-         "train.threads=1"]),
+        [*REFERENCE_MAML, "train.max_seconds=3600", "train.threads=1"]),
     # MAML paper, sec. 5.2, Omniglot 20-way 1-shot, at the reference code's settings, its
     # inner loss against the mean at equal iterations (1,000 of the paper's 60,000), with a
     # validation curve every 250 to see which learns faster (three seeds: six runs of about
     # an hour each on one core; seed 0 is done)
     "omniglot-20w1s-maml": Sweep(
         "configs/omniglot-20w1s-maml.yaml", "0,1,2", ["algorithm.inner_loss_reduction=mean,sum/K"],
-        ["task.rotations=per_task", "model.batch_norm_scale=false", "model.init=reference",
-         "algorithm.inner_adapts_batch_norm=false", "train.iterations=1000",
-         "train.val_every=250", "train.val_tasks=100", "train.checkpoint_every=250"],
+        [*REFERENCE_MAML, "train.iterations=1000", "train.val_every=250",
+         "train.val_tasks=100", "train.checkpoint_every=250"],
         eval=["--steps", "1,5"]),
     # MAML paper, sec. 5.2, Omniglot 5-way 1-shot at the reference code's settings and inner
     # loss for the paper's whole schedule (60,000 iterations, about 8 hours of one core):
     # done in parts (stop it at any time, --run it again: it resumes); its first 7,078
-    # iterations are the sum/K run of seed 1 above, continued; its record keeps last.pt
+    # iterations are the sum/K run of seed 1 above, continued; its checkpoints stay with the
+    # sweep directory (--keep copies none)
     "omniglot-5w1s-maml-60k": Sweep(
         "configs/omniglot-5w1s-maml.yaml", "1", [],
-        ["task.rotations=per_task", "model.batch_norm_scale=false", "model.init=reference",
-         "algorithm.inner_adapts_batch_norm=false", "algorithm.inner_loss_reduction=sum/K",
-         "train.threads=1"], keep_last=True),
+        [*REFERENCE_MAML, "algorithm.inner_loss_reduction=sum/K", "train.threads=1"]),
     # Reptile (Nichol et al. 2018) and Meta-SGD (Li et al. 2017), Omniglot 5-way 1-shot, at
     # the MAML rows' budget: 60 minutes of training on one core each, two seeds as those
     # rows (run the two side by side, one process each: one thread each on two cores)
@@ -225,30 +223,16 @@ def keep(root: Path, into: Path) -> list[str]:
     out; a sweep already there is replaced. Returns the names copied."""
     copied = []
     for name in dict.fromkeys(row.sweep for row in ROWS):
-        kept = ("plots", ".lock") if SWEEPS[name].keep_last else ("checkpoints", "plots",
-                                                                   ".lock", "*.pt")
         source = root / name
         if not (source / "sweep.json").is_file() or source.resolve() == (into / name).resolve():
             continue
         target = into / name
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(source, target, ignore=_leave_out(kept))
+        shutil.copytree(source, target,
+                        ignore=shutil.ignore_patterns("checkpoints", "plots", ".lock", "*.pt"))
         copied.append(name)
     return copied
-
-
-def _leave_out(patterns: tuple[str, ...]) -> Any:
-    """``copytree``'s ignore: ``patterns``, and every checkpoint but ``last.pt``."""
-    plain = shutil.ignore_patterns(*patterns)
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        out = set(plain(folder, names))
-        if Path(folder).name == "checkpoints":
-            out |= {n for n in names if n != "last.pt"}
-        return out
-
-    return ignore
 
 
 def main() -> None:

@@ -47,16 +47,15 @@ def sine_setup(steps: int = 3, inner_batch: int | None = None, hidden: list[int]
     return algo, batch
 
 
-def conv_setup(steps: int = 2, inner_batch: int | None = None, seed: int = 0, size: int = 16,
-               tasks: int = 2):
+def conv_setup(steps: int = 2, inner_batch: int | None = None, seed: int = 0, size: int = 16):
     torch.manual_seed(seed)
     model = Conv4((1, size, size), 3, filters=3, strided=False).double()
     algo = MetaLSTM(model, MetaLSTMConfig(loss="cross_entropy", inner_steps=steps,
                                           inner_batch=inner_batch),
                     TaskShape("classification", (1, size, size), 3)).double()
     gen = torch.Generator().manual_seed(seed + 1)
-    images = torch.randn(tasks, 12, 1, size, size, generator=gen, dtype=torch.float64)
-    labels = torch.arange(3).repeat(4).expand(tasks, -1).contiguous()
+    images = torch.randn(2, 12, 1, size, size, generator=gen, dtype=torch.float64)
+    labels = torch.arange(3).repeat(4).expand(2, -1).contiguous()
     return algo, TaskBatch(images[:, :6], labels[:, :6], images[:, 6:], labels[:, 6:])
 
 

@@ -70,6 +70,16 @@ class Evaluation(NamedTuple):
     inner: Metrics                   # name -> [B, steps]: the adaptation's own metrics
     probed: torch.Tensor | None      # [B, 2, G, out]: predictions on probe inputs, before/after
 
+    @staticmethod
+    def join(parts: list[Evaluation]) -> Evaluation:
+        """The evaluations of consecutive batches of tasks as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return Evaluation(torch.cat([p.curve for p in parts]),
+                          {k: torch.cat([p.inner[k] for p in parts]) for k in parts[0].inner},
+                          None if parts[0].probed is None else
+                          torch.cat([p.probed for p in parts]))  # type: ignore[misc]
+
 
 class Algorithm(nn.Module):
     """Base class of the plug-ins (see the module docstring).
@@ -366,12 +376,8 @@ class Algorithm(nn.Module):
         """
         limit = self.eval_tasks_at_once()
         if limit is not None and len(batch) > limit:
-            parts = [self.evaluate_tasks(b, steps, vectorize, query_chunks, probe)
-                     for b in batch.split(limit)]
-            return Evaluation(torch.cat([p.curve for p in parts]),
-                              {k: torch.cat([p.inner[k] for p in parts]) for k in parts[0].inner},
-                              None if parts[0].probed is None else
-                              torch.cat([p.probed for p in parts]))  # type: ignore[misc]
+            return Evaluation.join([self.evaluate_tasks(b, steps, vectorize, query_chunks, probe)
+                                    for b in batch.split(limit)])
         base = detached(self.params())
 
         def one(params: Params, support: Support, query: Query, ctx: Context) -> Any:

@@ -167,8 +167,7 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
         with torch.compiler.set_stance("fail_on_recompile" if seen else "default"):
             grads, (loss, metrics) = compiled(module, params, tensors, progress)
     except (BackendCompilerFailed, Unsupported) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CompileError(f"train.vectorize: compiled: torch.compile failed ({first}); "
+        raise CompileError(f"train.vectorize: compiled: torch.compile failed ({_first_line(e)}); "
                            f"choose another with --set train.vectorize=PATH") from None
     except RuntimeError as e:
         if not seen or "fail_on_recompile" not in str(e):
@@ -210,6 +209,12 @@ def _compiled_evaluation() -> Callable[..., Any]:
     return torch.compile(_evaluation, fullgraph=True, dynamic=False)
 
 
+def _first_line(e: BaseException) -> str:
+    """What a compiler error says first (at most 200 characters), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def _interrupted(e: BaseException) -> Interrupted | None:
     """A stop signal that reached the compiler and came back wrapped in its errors."""
     while e is not None:
@@ -220,17 +225,16 @@ def _interrupted(e: BaseException) -> Interrupted | None:
     return None
 
 
-def _pad(batch: TaskBatch, size: int) -> TaskBatch:
-    """``batch`` with its last task repeated up to ``size`` tasks."""
-    n = len(batch)
+def _pass_tensors(part: TaskBatch, size: int) -> tuple[torch.Tensor | None, ...]:
+    """A pass's tensors, its last task repeated up to ``size`` tasks, each a fresh copy: a
+    slice of a larger chunk has a storage offset the compiled function's guards would see as
+    new every pass (a recompilation each, then dynamo's recompilation limit and the eager
+    path)."""
+    n = len(part)
     index = torch.cat([torch.arange(n), torch.full((size - n,), n - 1)]).to(
-        batch.support_x.device)
-
-    def pad(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.index_select(0, index)
-
-    return TaskBatch(pad(batch.support_x), pad(batch.support_y), pad(batch.query_x),
-                     pad(batch.query_y), {}, pad(batch.unlabelled_x))
+        part.support_x.device)
+    return tuple(None if t is None else t.index_select(0, index) for t in (
+        part.support_x, part.support_y, part.query_x, part.query_y, part.unlabelled_x))
 
 
 def evaluate_tasks(algo: Any, batch: TaskBatch, steps: int, vectorize: str,
@@ -249,7 +253,7 @@ def evaluate_tasks(algo: Any, batch: TaskBatch, steps: int, vectorize: str,
     parts = []
     for part in batch.split(size):
         n = len(part)
-        tensors = _tensors(_pad(part, size) if n < size else part)
+        tensors = _pass_tensors(part, size)
         try:
             with torch.no_grad():
                 curve, inner, probed = compiled(module, params, tensors, steps, query_chunks,
@@ -262,23 +266,10 @@ def evaluate_tasks(algo: Any, batch: TaskBatch, steps: int, vectorize: str,
             if not isinstance(e, (BackendCompilerFailed, Unsupported)):
                 raise
             state.eval_eager = True
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            warnings.warn(f"evaluation: compiled: torch.compile failed ({first}); evaluating "
-                          f"on the eager {INNER_PATH} path", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"evaluation: compiled: torch.compile failed ({_first_line(e)}); "
+                          f"evaluating on the eager {INNER_PATH} path", RuntimeWarning,
+                          stacklevel=2)
             return algo.evaluate_tasks(batch, steps, INNER_PATH, query_chunks, probe)
         parts.append(Evaluation(curve[:n], {k: v[:n] for k, v in inner.items()},
                                 None if probed is None else probed[:n]))
-    if len(parts) == 1:
-        return parts[0]
-    return Evaluation(torch.cat([p.curve for p in parts]),
-                      {k: torch.cat([p.inner[k] for p in parts]) for k in parts[0].inner},
-                      None if parts[0].probed is None else
-                      torch.cat([p.probed for p in parts]))  # type: ignore[misc]
-
-
-def _tensors(batch: TaskBatch) -> tuple[torch.Tensor | None, ...]:
-    """A pass's tensors, each its own copy: a slice of a larger chunk has a storage offset
-    the compiled function's guards would see as new every pass (a recompilation each, then
-    dynamo's recompilation limit and the eager path)."""
-    return tuple(None if t is None else t.clone() for t in (
-        batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.unlabelled_x))
+    return Evaluation.join(parts)
