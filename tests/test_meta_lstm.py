@@ -284,31 +284,37 @@ def test_compiled_meta_gradient_matches_the_independent_implementation() -> None
 def test_compiled_evaluation_equals_the_eager_path(monkeypatch) -> None:  # noqa: ANN001
     """Off by default, a run on the ``compiled`` path evaluates on eager vmap; switched on
     (``compiled_evaluation``) it evaluates compiled: passes of ``eval_tasks_at_once``
-    tasks (here 2,2,1, the last padded to 2 and cut back) from one compiled function give the
-    eager path's query curve and adaptation metrics."""
+    tasks (here 2,2,1, the last padded to 2 and cut back), each inner step from one compiled
+    function, give the eager path's query curve and adaptation metrics. The support batches
+    are taken in turn (the step reads its index): at most two graphs, not one per step."""
     from fewshot_cli.engine import compiled
 
-    algo, batch = sine_setup(steps=2, inner_batch=3, tasks=5)
+    algo, batch = sine_setup(steps=3, inner_batch=3, tasks=5)
     algo.eval_tasks_at_once = lambda: 2  # type: ignore[method-assign]
-    want = algo.evaluate_tasks(batch, 2, "vmap")
+    want = algo.evaluate_tasks(batch, 3, "vmap")
 
     def never() -> None:
         raise AssertionError("compiled although compiled_evaluation is off")
 
     monkeypatch.setattr(compiled, "_compiled_evaluation", never)
-    assert torch.equal(compiled.evaluate_tasks(algo, batch, 2, "compiled").curve, want.curve)
+    assert torch.equal(compiled.evaluate_tasks(algo, batch, 3, "compiled").curve, want.curve)
     monkeypatch.undo()
     algo.compiled_evaluation = True  # off by default (it did not pay); the mechanism itself
     real, calls = compiled._compiled_evaluation(), []
 
     def counted(*args: object) -> object:
-        calls.append(args[2][0].shape[0])
+        calls.append((next(iter(args[2].values())).shape[0], args[6]))
         return real(*args)
 
     monkeypatch.setattr(compiled, "_compiled_evaluation", lambda: counted)
-    got = compiled.evaluate_tasks(algo, batch, 2, "compiled")
-    assert calls == [2, 2, 2]
-    assert got.curve.shape == want.curve.shape == (5, 3, 1)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    got = compiled.evaluate_tasks(algo, batch, 3, "compiled")
+    assert calls == [(2, step) for _ in range(3) for step in range(3)]
+    assert counters["stats"]["unique_graphs"] == 2  # step 0, then the index symbolic
+    assert got.curve.shape == want.curve.shape == (5, 4, 1)
     assert (got.curve - want.curve).abs().max() < 1e-10
     assert set(got.inner) == set(want.inner)
     for k in want.inner:

@@ -87,8 +87,10 @@ class Algorithm(nn.Module):
     Class attributes a subclass sets: ``kind`` (its ``algorithm.kind``),
     ``paths`` (the ``train.vectorize`` paths it supports; ``fused`` also needs a
     network with ``forward_tasks``), ``compiled_evaluation`` (a run on the ``compiled``
-    path also evaluates compiled; off until measured to pay for its compilation, which no
-    algorithm is yet).
+    path also evaluates compiled, step by step: :meth:`init_state`, :meth:`inner_step` and
+    :meth:`query_metrics` as this class's :meth:`evaluate_tasks` runs them, so a subclass
+    that evaluates otherwise must leave it off; off until measured to pay for its
+    compilation).
     """
 
     kind: ClassVar[str]

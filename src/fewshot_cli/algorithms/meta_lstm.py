@@ -99,11 +99,15 @@ def preprocess(x: torch.Tensor, p: float = 10.0, dim: int = -1) -> torch.Tensor:
 
 class CoordinateLSTM(nn.Module):
     """A standard LSTM cell (gates in ``torch.nn.LSTMCell``'s order i, f, g, o; one
-    bias), applied to every coordinate ``[..., n, inputs]`` with the same weights.
+    bias), applied to every coordinate with the same weights. Its input is ``[shared, x]``:
+    ``shared [..., k]`` the same for every coordinate (the preprocessed loss), ``x [...,
+    n, inputs - k]`` each coordinate's own (the preprocessed gradient).
 
-    Speed: one sigmoid over all four gate blocks (a sigmoid on a contiguous tensor is an
-    order of magnitude faster than on a strided slice), the cell input by the identity
-    ``tanh(x) = 2 sigmoid(2x) - 1``."""
+    Speed: the shared inputs' product is computed once and folded into the bias, so the
+    per-coordinate product reads ``[x, h]`` only (``inputs - k + hidden`` columns, no
+    broadcast copy of the loss into every coordinate); one sigmoid over all four gate
+    blocks (a sigmoid on a contiguous tensor is an order of magnitude faster than on a
+    strided slice), the cell input by the identity ``tanh(x) = 2 sigmoid(2x) - 1``."""
 
     def __init__(self, inputs: int, hidden: int) -> None:
         super().__init__()
@@ -112,12 +116,15 @@ class CoordinateLSTM(nn.Module):
         nn.init.uniform_(self.weight, -INIT_SCALE, INIT_SCALE)
         nn.init.uniform_(self.bias, -INIT_SCALE, INIT_SCALE)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, shared: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+                c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = h.shape[-1]
+        k = shared.shape[-1]
         scale = torch.ones_like(self.bias)
         scale[2 * hidden:3 * hidden] = 2.0
-        z = torch.cat([x, h], dim=-1) @ (self.weight * scale.unsqueeze(-1)).T + self.bias * scale
+        weight = self.weight * scale.unsqueeze(-1)
+        bias = shared @ weight[:, :k].T + self.bias * scale  # [..., 4 hidden]
+        z = torch.cat([x, h], dim=-1) @ weight[:, k:].T + bias.unsqueeze(-2)
         i, f, g, o = torch.sigmoid(z).chunk(4, dim=-1)
         c = f * c + i * (2 * g - 1)
         return o * torch.tanh(c), c
@@ -259,8 +266,7 @@ class MetaLSTM(Algorithm):
             g = g.clamp(-self.cfg.inner_grad_clip, self.cfg.inner_grad_clip)
         theta = self.flat(params, ctx)
         p = self.cfg.preprocess_p
-        loss_in = preprocess(loss, p).unsqueeze(-2).expand(*g.shape, 2)
-        h, c = self.lstm(torch.cat([loss_in, preprocess(g, p)], dim=-1), h, c)
+        h, c = self.lstm(preprocess(loss, p), preprocess(g, p), h, c)
         f, i = self.cell(h, theta, f_prev, i_prev)
         new = self.unflat(f * theta - i * g)
         if running is not None:

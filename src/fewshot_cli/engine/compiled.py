@@ -19,13 +19,12 @@ iteration; the first call that would recompile for a key already compiled switch
 that algorithm to the eager ``vmap`` path instead (same mathematics), with a warning.
 
 Evaluation (validation, ``fewshot eval``) of a run on this path can be compiled too where the
-algorithm says it pays (``compiled_evaluation``, off for every algorithm so far: for the
-meta-LSTM on Omniglot it gained 1.25-1.35x per task after a 3.5-minute compilation;
-:func:`evaluate_tasks`): the adaptation of
-a pass of ``eval_tasks_at_once`` tasks, without an outer gradient, as one more compiled
-function; the last pass of a chunk is padded to the others' size (its extra tasks
-dropped), so that one graph serves every pass. Where that cannot be compiled the evaluation
-runs on the eager ``vmap`` path, with a warning.
+algorithm says it pays (``compiled_evaluation``; :func:`evaluate_tasks`): each inner step
+of a pass of ``eval_tasks_at_once`` tasks, with the query metrics after it and without an
+outer gradient, is one call of a compiled function (one step, not the whole adaptation:
+the graph, and its compilation, is a step's size); the last pass of a chunk is padded to
+the others' size (its extra tasks dropped), so that one graph serves every pass. Where
+that cannot be compiled the evaluation runs on the eager ``vmap`` path, with a warning.
 """
 
 from __future__ import annotations
@@ -39,10 +38,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value
+from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_map
 
 from ..algorithms.base import Evaluation
+from ..algorithms.batching import Context, Query, Support, split
+from ..algorithms.params import Params, detached, stack_params
 from ..errors import FewshotError
 from ..tasks.base import TaskBatch
 from .stopping import Interrupted
@@ -183,30 +184,75 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
     return ({n.removeprefix("algo."): g for n, g in grads.items()}, loss, metrics)
 
 
-class _Evaluator(nn.Module):
-    """``evaluate_tasks`` of ``algo`` on :data:`INNER_PATH` as a module's ``forward``."""
+class _Stepper(nn.Module):
+    """One inner step of every task of a pass on :data:`INNER_PATH`, and the query metrics
+    after it, as a module's ``forward`` (the algorithm's weights its parameters)."""
 
     def __init__(self, algo: nn.Module) -> None:
         super().__init__()
         self.algo = algo
 
-    def forward(self, batch: tuple[torch.Tensor | None, ...], steps: int, query_chunks: int,
-                probe: torch.Tensor | None) -> Any:
-        sx, sy, qx, qy, ux = batch
-        ev = self.algo.evaluate_tasks(TaskBatch(sx, sy, qx, qy, unlabelled_x=ux), steps,
-                                      INNER_PATH, query_chunks, probe)
-        return ev.curve, ev.inner, ev.probed
+    def forward(self, params: Params, state: Any, support: Support, query: Query, step: int,
+                query_chunks: int) -> Any:
+        algo, ctx = self.algo, Context(training=False)
+
+        def one(p: Params, s: Any, sup: Support, q: Query) -> Any:
+            new, s, metrics = algo.inner_step(p, s, sup, step, ctx)
+            return new, s, metrics, algo.query_metrics(new, q, ctx, query_chunks)
+
+        return vmap(one, in_dims=_in_dims((params, state, support, query)),
+                    out_dims=(0, _in_dims(state), 0, 0))(params, state, support, query)
 
 
-def _evaluation(module: _Evaluator, params: dict[str, torch.Tensor],
-                batch: tuple[torch.Tensor | None, ...], steps: int, query_chunks: int,
-                probe: torch.Tensor | None) -> Any:
-    return functional_call(module, params, (batch, steps, query_chunks, probe))
+def _step(module: _Stepper, meta: dict[str, torch.Tensor], *args: Any) -> Any:
+    return functional_call(module, meta, args)
 
 
 @functools.cache
 def _compiled_evaluation() -> Callable[..., Any]:
-    return torch.compile(_evaluation, fullgraph=True, dynamic=False)
+    """The compiled inner step of an evaluation pass. One step, not the whole adaptation: the
+    graph is a step's size, so it compiles in a step's time (the whole adaptation unrolled,
+    12 steps of the Omniglot meta-LSTM, took 3.5 minutes). ``dynamic=None``: an algorithm
+    whose step reads its index (support batches taken in turn) gets the index as a
+    symbolic integer after its second value instead of one graph per step."""
+    return torch.compile(_step, fullgraph=True, dynamic=None)
+
+
+def _in_dims(tree: Any) -> Any:
+    return tree_map(lambda t: None if t is None else 0, tree)
+
+
+def _adapt_pass(algo: Any, compiled: Callable[..., Any], tensors: tuple[torch.Tensor | None, ...],
+                steps: int, query_chunks: int, probe: torch.Tensor | None) -> Evaluation:
+    """``algo.evaluate_tasks`` of one pass (the same results as the eager vmap path), each
+    inner step from ``compiled``; the step before adaptation and the probe are eager."""
+    sx, sy, qx, qy, ux = tensors
+    support, query = split(TaskBatch(sx, sy, qx, qy, unlabelled_x=ux))
+    module = _Stepper(algo)
+    meta = {n: p.detach() for n, p in module.named_parameters()}
+    ctx = Context(training=False)
+    # every task's own copy of the initial parameters: the step's inputs then have the same
+    # layout at every step (an expanded view would be a second graph)
+    params = {k: v.clone() for k, v in stack_params(detached(algo.params()), len(sx)).items()}
+    first = algo.init_state({k: v[0] for k, v in params.items()},
+                            tree_map(lambda t: None if t is None else t[0], support), ctx)
+    state = vmap(lambda p, sup: algo.init_state(p, sup, ctx), in_dims=_in_dims((params, support)),
+                 out_dims=_in_dims(first))(params, support)
+    curve = [vmap(lambda p, q: algo.query_metrics(p, q, ctx, query_chunks))(params, query)]
+    per_step: list[dict[str, torch.Tensor]] = []
+    for step in range(steps):
+        params, state, metrics, seen = compiled(module, meta, params, state, support, query,
+                                                step, query_chunks)
+        per_step.append(metrics)
+        curve.append(seen)
+    inner = {k: torch.stack([m[k] for m in per_step], dim=-1) for k in
+             (per_step[0] if per_step else {})}
+    probed = None
+    if probe is not None:
+        first = stack_params(detached(algo.params()), len(sx))
+        probed = torch.stack([vmap(lambda p: algo.forward(p, probe, ctx))(p)
+                              for p in (first, params)], dim=-3)
+    return Evaluation(torch.stack(curve, dim=-2), inner, probed)
 
 
 def _first_line(e: BaseException) -> str:
@@ -247,8 +293,6 @@ def evaluate_tasks(algo: Any, batch: TaskBatch, steps: int, vectorize: str,
         path = INNER_PATH if vectorize == "compiled" else vectorize
         return algo.evaluate_tasks(batch, steps, path, query_chunks, probe)
     size = min(algo.eval_tasks_at_once() or len(batch), len(batch))
-    module = _Evaluator(algo)
-    params = {n: p.detach() for n, p in module.named_parameters()}
     compiled = _compiled_evaluation()
     parts = []
     for part in batch.split(size):
@@ -256,8 +300,8 @@ def evaluate_tasks(algo: Any, batch: TaskBatch, steps: int, vectorize: str,
         tensors = _pass_tensors(part, size)
         try:
             with torch.no_grad():
-                curve, inner, probed = compiled(module, params, tensors, steps, query_chunks,
-                                                probe)
+                curve, inner, probed = _adapt_pass(algo, compiled, tensors, steps,
+                                                   query_chunks, probe)
         except Exception as e:  # the compiler's errors are many; a stop is not one of them
             stop = _interrupted(e)
             if stop is not None:
