@@ -18,9 +18,9 @@ The floor is the larger of the two times. The script also counts the bytes every
 operator of the current implementation reads and writes (views excluded: what an unfused,
 operator-by-operator execution must move), which bounds what that execution can reach
 without fusing operators, and times the first LSTM layer's matrix products alone at the
-shapes they have (a product with 24 inputs per coordinate runs far below the square
-``sgemm`` rate the arithmetic floor assumes). Random images of the config's shape (no data
-set needed).
+shapes they have (a product with 22 inputs per coordinate, the gradient's preprocessed
+pair and the hidden state, runs far below the square ``sgemm`` rate the arithmetic floor
+assumes). Random images of the config's shape (no data set needed).
 
     python benchmarks/meta_lstm_floor.py --threads 1 [--config omniglot-5w1s-meta-lstm]
 """
@@ -125,7 +125,8 @@ def main() -> None:
     gemm = 2 * 2048**3 / best(lambda: a @ b, args.repeat) / 1e9
     big, dst = torch.randn(64 * 2**20), torch.empty(64 * 2**20)  # 256 MB each
     bandwidth = 2 * big.numel() * 4 / best(lambda: dst.copy_(big), args.repeat) / 1e9
-    shaped = products_at_their_shapes(n, 4 + hidden, 4 * hidden, args.repeat)
+    # per coordinate: the preprocessed gradient (2) and h; the loss is in the bias
+    shaped = products_at_their_shapes(n, 2 + hidden, 4 * hidden, args.repeat)
     times = []
     for _ in range(args.repeat):
         start = time.perf_counter()
@@ -154,7 +155,7 @@ def main() -> None:
         f"| **one episode now** (median of {args.repeat}) | **{took:.3f} s** "
         f"({took / floor:.1f}x the floor) |",
     ]
-    product_flops = 3 * 2 * n * (4 + hidden) * 4 * hidden
+    product_flops = 3 * 2 * n * (2 + hidden) * 4 * hidden
     for layout, seconds in shaped.items():
         lines.append(f"| the first LSTM layer's three products per update at their own "
                      f"shapes, {layout}, times T | {steps * seconds:.3f} s "
