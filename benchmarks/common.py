@@ -85,7 +85,15 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None = No
 
 
 def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)`` when given (None or 0: leave torch's default)."""
+    """``torch.set_num_threads(threads)`` when given (None or 0: leave torch's default); and
+    freed memory kept for reuse as the ``fewshot`` commands keep it (``FEWSHOT_MALLOC=system``
+    in the environment: not)."""
+    try:
+        from fewshot_cli.engine.allocator import keep_freed_memory
+    except ImportError:  # an earlier version of the package (engine_cost.py)
+        pass
+    else:
+        keep_freed_memory()
     if threads:
         import torch
 

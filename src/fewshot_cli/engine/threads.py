@@ -25,7 +25,7 @@ import torch
 
 from ..algorithms import Vectorize
 from ..files import cache_root
-from . import vectorize
+from . import allocator, vectorize
 from .setup import Experiment
 
 #: More threads must make a meta-update at least this much faster to be chosen.
@@ -35,7 +35,9 @@ DEFAULT_THREADS = torch.get_num_threads()
 
 
 def apply(n: int) -> None:
-    """Use ``n`` intra-op threads from now on."""
+    """Use ``n`` intra-op threads from now on (and keep freed memory for reuse:
+    :mod:`.allocator`)."""
+    allocator.keep_freed_memory()
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
 
