@@ -70,11 +70,9 @@ def main() -> None:
     import torch
 
     from fewshot_cli.algorithms import TrainingProgress
-    from fewshot_cli.engine import compiled
     from fewshot_cli.engine.meta_update import meta_update
 
     cfg, shape, algo = build(args.config)
-    algo.compiled_evaluation = True  # the compiled path's evaluation is what is timed
     limit = algo.eval_tasks_at_once()
     steps = cfg.algorithm.eval_inner_steps
     gen = torch.Generator().manual_seed(0)
@@ -108,10 +106,10 @@ def main() -> None:
                 chunks = (queries if cfg.eval.query_batch == "per_class"
                           and shape.problem == "classification" else 1)
                 start = time.perf_counter()  # the first call: a compilation on compiled
-                compiled.evaluate_tasks(algo, batch.split(limit)[0], steps, path, chunks)
+                algo.evaluate_tasks(batch.split(limit)[0], steps, path, chunks)
                 first = time.perf_counter() - start
                 start = time.perf_counter()
-                compiled.evaluate_tasks(algo, batch, steps, path, chunks)
+                algo.evaluate_tasks(batch, steps, path, chunks)
                 per_task = (time.perf_counter() - start) / n
                 whole = ""
                 if args.one_pass and path != "compiled":

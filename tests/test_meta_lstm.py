@@ -267,87 +267,67 @@ def test_meta_gradient_matches_an_independent_implementation_on_every_path(setup
     assert max((second[k] - want[k]).abs().max().item() for k in want) > 1e-6
 
 
-def test_compiled_meta_gradient_matches_the_independent_implementation() -> None:
-    """The ``compiled`` path (the whole meta-gradient as one inductor graph) gives the
-    independent implementation's meta-gradient, and its mean outer loss."""
-    from fewshot_cli.engine import compiled
+def counting_compiled_update(monkeypatch) -> list[tuple[int, ...]]:  # noqa: ANN001
+    """Every call of the compiled meta-learner update, by the shape of its coordinates."""
+    from fewshot_cli.algorithms import meta_lstm
 
-    algo, batch = sine_setup(steps=3, inner_batch=2)
-    want = reference_grad(algo, batch)
-    grads, loss, _ = compiled.meta_gradient(algo, batch, TrainingProgress(1, 1))
-    assert set(grads) == set(want)
-    for k in want:
-        assert (grads[k] - want[k]).abs().max() < 1e-10, k
-    assert loss.item() == pytest.approx(reference_objective(algo, batch).item(), rel=1e-12)
-
-
-def test_compiled_evaluation_equals_the_eager_path(monkeypatch) -> None:  # noqa: ANN001
-    """Off by default, a run on the ``compiled`` path evaluates on eager vmap; switched on
-    (``compiled_evaluation``) it evaluates compiled: passes of ``eval_tasks_at_once``
-    tasks (here 2,2,1, the last padded to 2 and cut back), each inner step from one compiled
-    function, give the eager path's query curve and adaptation metrics. The support batches
-    are taken in turn (the step reads its index): at most two graphs, not one per step."""
-    from fewshot_cli.engine import compiled
-
-    algo, batch = sine_setup(steps=3, inner_batch=3, tasks=5)
-    algo.eval_tasks_at_once = lambda: 2  # type: ignore[method-assign]
-    want = algo.evaluate_tasks(batch, 3, "vmap")
-
-    def never() -> None:
-        raise AssertionError("compiled although compiled_evaluation is off")
-
-    monkeypatch.setattr(compiled, "_compiled_evaluation", never)
-    assert torch.equal(compiled.evaluate_tasks(algo, batch, 3, "compiled").curve, want.curve)
-    monkeypatch.undo()
-    algo.compiled_evaluation = True  # off by default (it did not pay); the mechanism itself
-    real, calls = compiled._compiled_evaluation(), []
+    real, calls = meta_lstm._compiled_update(), []
 
     def counted(*args: object) -> object:
-        calls.append((next(iter(args[2].values())).shape[0], args[6]))
+        calls.append(tuple(args[5].shape))
         return real(*args)
 
-    monkeypatch.setattr(compiled, "_compiled_evaluation", lambda: counted)
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    got = compiled.evaluate_tasks(algo, batch, 3, "compiled")
-    assert calls == [(2, step) for _ in range(3) for step in range(3)]
-    assert counters["stats"]["unique_graphs"] == 2  # step 0, then the index symbolic
-    assert got.curve.shape == want.curve.shape == (5, 4, 1)
-    assert (got.curve - want.curve).abs().max() < 1e-10
-    assert set(got.inner) == set(want.inner)
-    for k in want.inner:
-        assert (got.inner[k] - want.inner[k]).abs().max() < 1e-10, k
-    assert (want.curve[0] - want.curve[1]).abs().max() > 1e-3  # the tasks differ
+    monkeypatch.setattr(meta_lstm, "_compiled_update", lambda: counted)
+    return calls
 
 
-def test_compiled_evaluation_falls_back_to_eager_and_lets_a_stop_through(monkeypatch
-                                                                        ) -> None:  # noqa: ANN001
-    """A compiler failure: a warning and the eager path's results; a stop signal that
-    reached the compiler (wrapped in its error) is raised as the stop."""
+def test_compiled_path_gives_the_independent_meta_gradient_and_evaluation(monkeypatch
+                                                                         ) -> None:  # noqa: ANN001
+    """The ``compiled`` path (the fused path with the meta-learner's update compiled) gives
+    the independent implementation's meta-gradient and the fused path's evaluation, in
+    float64, through the compiled update (one call per update, every task at once)."""
+    algo, batch = sine_setup(steps=3, inner_batch=2)
+    calls = counting_compiled_update(monkeypatch)
+    want = reference_grad(algo, batch)
+    got = meta_grad(algo, batch, "compiled")
+    n = sum(p.numel() for p in algo.model.parameters())
+    assert calls == [(3, n)] * 3
+    for k in want:
+        assert (got[k] - want[k]).abs().max() < 1e-10, k
+    fused = algo.evaluate_tasks(batch, 4, "fused")
+    ev = algo.evaluate_tasks(batch, 4, "compiled")
+    assert len(calls) == 3 + 4
+    assert (ev.curve - fused.curve).abs().max() < 1e-10
+    for k in fused.inner:
+        assert (ev.inner[k] - fused.inner[k]).abs().max() < 1e-10, k
+
+
+def test_compiled_update_falls_back_to_eager_and_lets_a_stop_through(monkeypatch
+                                                                    ) -> None:  # noqa: ANN001
+    """A compiler failure: a warning, and the eager update from then on (the same results);
+    a stop signal that reached the compiler, wrapped in its error, is raised as the stop."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    from fewshot_cli.engine import compiled
+    from fewshot_cli.algorithms import meta_lstm
     from fewshot_cli.engine.stopping import Interrupted
 
-    algo, batch = sine_setup(steps=2, tasks=3)
-    algo.compiled_evaluation = True
-    want = algo.evaluate_tasks(batch, 2, "vmap")
+    algo, batch = sine_setup(steps=2)
+    want = algo.evaluate_tasks(batch, 2, "fused")
 
     def failing(inner: Exception):
         def run(*args: object) -> object:
             raise BackendCompilerFailed(None, inner, None)
         return lambda: run
 
-    monkeypatch.setattr(compiled, "_compiled_evaluation", failing(Interrupted(15)))
+    monkeypatch.setattr(meta_lstm, "_compiled_update", failing(Interrupted(15)))
     with pytest.raises(Interrupted):
-        compiled.evaluate_tasks(algo, batch, 2, "compiled")
-    monkeypatch.setattr(compiled, "_compiled_evaluation", failing(RuntimeError("no compiler")))
-    with pytest.warns(RuntimeWarning, match="eager vmap path"):
-        got = compiled.evaluate_tasks(algo, batch, 2, "compiled")
+        algo.evaluate_tasks(batch, 2, "compiled")
+    monkeypatch.setattr(meta_lstm, "_compiled_update", failing(RuntimeError("no compiler")))
+    with pytest.warns(RuntimeWarning, match="could not be compiled"):
+        got = algo.evaluate_tasks(batch, 2, "compiled")
     assert torch.equal(got.curve, want.curve)
-    assert compiled._STATES[algo].eval_eager
+    monkeypatch.setattr(meta_lstm, "_compiled_update", lambda: pytest.fail("compiled again"))
+    assert torch.equal(algo.evaluate_tasks(batch, 2, "compiled").curve, want.curve)
 
 
 def test_one_update_meta_gradient_is_the_first_order_formula() -> None:

@@ -42,3 +42,27 @@ class DistributedError(FewshotError):
 class InputError(DataError, ValueError):
     """Examples given to a loaded model (``fewshot_cli.load``, ``fewshot predict``) that it
     cannot take: the wrong number of classes, shapes or files."""
+
+
+class Stopped(Exception):
+    """A stop signal (Ctrl-C, SIGTERM) raised where work can stop (the engine's
+    ``Interrupted``); not a user error."""
+
+
+def stop_in(error: BaseException | None) -> Stopped | None:
+    """The stop signal in ``error``'s chain (a compiler wraps what is raised while it
+    compiles in its own errors), or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Stopped):
+            return error
+        seen.add(id(error))
+        error = (getattr(error, "inner_exception", None) or error.__cause__
+                 or error.__context__)
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    """What an error (a compiler's, say) says first, at most 200 characters, or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

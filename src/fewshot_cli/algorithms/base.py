@@ -86,16 +86,15 @@ class Algorithm(nn.Module):
 
     Class attributes a subclass sets: ``kind`` (its ``algorithm.kind``),
     ``paths`` (the ``train.vectorize`` paths it supports; ``fused`` also needs a
-    network with ``forward_tasks``), ``compiled_evaluation`` (a run on the ``compiled``
-    path also evaluates compiled, step by step: :meth:`init_state`, :meth:`inner_step` and
-    :meth:`query_metrics` as this class's :meth:`evaluate_tasks` runs them, so a subclass
-    that evaluates otherwise must leave it off; off until measured to pay for its
-    compilation).
+    network with ``forward_tasks``), ``compiled_inner`` (an eager path: on the ``compiled``
+    path the algorithm runs that path and compiles its own pieces where ``Context.compiled``
+    says so, instead of the whole meta-gradient being compiled as one function; None: the
+    whole).
     """
 
     kind: ClassVar[str]
     paths: ClassVar[tuple[Vectorize, ...]] = ("vmap", "loop")
-    compiled_evaluation: ClassVar[bool] = False
+    compiled_inner: ClassVar[Vectorize | None] = None
 
     @classmethod
     def learns_step_sizes(cls, cfg: AlgorithmSection) -> bool:
@@ -132,7 +131,18 @@ class Algorithm(nn.Module):
     def available_paths(self) -> tuple[Vectorize, ...]:
         """The declared paths this network can run (``fused`` needs ``forward_tasks``)."""
         fusable = hasattr(self.model, "forward_tasks")
-        return tuple(p for p in self.paths if p != "fused" or fusable)
+        paths = tuple(p for p in self.paths if p != "fused" or fusable)
+        if self.compiled_inner is not None and self.compiled_inner not in paths:
+            paths = tuple(p for p in paths if p != "compiled")
+        return paths
+
+    def eager_path(self, vectorize: Vectorize) -> tuple[Vectorize, bool]:
+        """The eager path ``vectorize`` runs and whether the algorithm's own compiled pieces
+        are on: ``compiled`` is :attr:`compiled_inner` with them, where the algorithm has
+        one (otherwise ``vmap``, inside or in place of the whole compiled function)."""
+        if vectorize == "compiled":
+            return (self.compiled_inner, True) if self.compiled_inner else ("vmap", False)
+        return vectorize, False
 
     def forward(self, params: Params, x: torch.Tensor, ctx: Context,  # type: ignore[override]
                 hidden: bool = False) -> Any:
@@ -303,9 +313,11 @@ class Algorithm(nn.Module):
         :meth:`autocast` (low-precision results come back in float32). Its gradient is the
         meta-gradient."""
         support, query = split(batch)
+        path, own = self.eager_path(vectorize)
         with self.autocast():
             loss, metrics = map_tasks(self.task_objective, self.params(), support, query,
-                                      vectorize=vectorize, ctx=Context(True, progress=progress))
+                                      vectorize=path,
+                                      ctx=Context(True, progress=progress, compiled=own))
         if self.settings.autocast is not None:
             loss, metrics = tree_map(lambda t: t.float() if t.dtype == self.settings.autocast
                                      else t, (loss, metrics))
@@ -394,8 +406,9 @@ class Algorithm(nn.Module):
             return curve, adapted.metrics, torch.stack(seen, dim=-3)
 
         support, query = split(batch)
-        curve, metrics, *probed = map_tasks(one, base, support, query, vectorize=vectorize,
-                                            ctx=Context(training=False))
+        path, own = self.eager_path(vectorize)
+        curve, metrics, *probed = map_tasks(one, base, support, query, vectorize=path,
+                                            ctx=Context(training=False, compiled=own))
         probed = probed[0] if probed else None
         return Evaluation(curve.detach(), {k: v.detach() for k, v in metrics.items()},
                           None if probed is None else probed.detach())

@@ -86,12 +86,15 @@ class Context:
 
     ``training``: inside meta-training (the outer loss will be differentiated);
     ``fused``: parameters are ``[B, ...]`` stacks and inputs ``[B, n, ...]``;
-    ``progress``: the training progress (None at evaluation).
+    ``progress``: the training progress (None at evaluation);
+    ``compiled``: on the ``compiled`` path of an algorithm that compiles its own pieces
+    (:attr:`Algorithm.compiled_inner`).
     """
 
     training: bool
     fused: bool = False
     progress: TrainingProgress | None = None
+    compiled: bool = False
 
 
 def join_batches(parts: list[torch.Tensor], ctx: Context) -> torch.Tensor:
@@ -116,7 +119,8 @@ def map_tasks(fn: Callable[..., Any], params: Any, *per_task: Any, vectorize: Ve
     if vectorize == "compiled":
         vectorize = "vmap"
     if vectorize == "fused":
-        return fn(stack_params(params, n), *per_task, Context(ctx.training, True, ctx.progress))
+        return fn(stack_params(params, n), *per_task,
+                  Context(ctx.training, True, ctx.progress, ctx.compiled))
     if vectorize == "vmap":
         return vmap(lambda p, *parts: fn(p, *parts, ctx),
                     in_dims=(None, *(_in_dims(t) for t in per_task)))(params, *per_task)

@@ -62,13 +62,16 @@ best of ``sgd_reference_lrs`` on validation tasks (:meth:`MetaLSTM.references`).
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import MetaLSTMConfig
+from ..errors import first_line, stop_in
 from ..tasks.base import TaskBatch, TaskShape, TaskSource
 from .base import Algorithm, Evaluation
 from .batching import Context, Support, Vectorize, support_batch
@@ -160,13 +163,56 @@ class MetaLearnerCell(nn.Module):
                 self._gate(self.weight_input, self.bias_input, h, theta, i_prev))
 
 
+def meta_learner_update(lstm: CoordinateLSTM, cell: MetaLearnerCell, p: float,
+                        loss: torch.Tensor, g: torch.Tensor, theta: torch.Tensor,
+                        h: torch.Tensor, c: torch.Tensor, f_prev: torch.Tensor,
+                        i_prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One update of every coordinate from the learner's loss and gradient: the new
+    coordinates ``f * theta - i * g``, the LSTM's ``h`` and ``c``, and the gates ``f, i``."""
+    h, c = lstm(preprocess(loss, p), preprocess(g, p), h, c)
+    f, i = cell(h, theta, f_prev, i_prev)
+    return f * theta - i * g, h, c, f, i
+
+
+def compiled_update(algo: MetaLSTM) -> Any:
+    """:func:`meta_learner_update` compiled (the ``compiled`` path): the coordinate LSTM's
+    elementwise work fused, forward and backward, in a graph of one update (its own, small
+    compilation; one per batch shape and for training and evaluation). Where it cannot be
+    compiled (no C++ compiler...), the eager function, with a warning, from then on."""
+    if algo.__dict__.get("_eager_update"):
+        return meta_learner_update
+
+    def run(*args: Any) -> tuple[torch.Tensor, ...]:
+        from torch._dynamo.exc import BackendCompilerFailed, Unsupported
+
+        try:
+            return _compiled_update()(*args)
+        except (BackendCompilerFailed, Unsupported) as e:
+            stop = stop_in(e)  # a stop signal that arrived while it compiled
+            if stop is not None:
+                raise stop from None
+            algo.__dict__["_eager_update"] = True
+            warnings.warn(f"train.vectorize: compiled: the meta-learner's update could not be "
+                          f"compiled ({first_line(e)}); running it eagerly", RuntimeWarning,
+                          stacklevel=2)
+            return meta_learner_update(*args)
+
+    return run
+
+
+@functools.cache
+def _compiled_update() -> Any:
+    return torch.compile(meta_learner_update, fullgraph=True, dynamic=False)
+
+
 class MetaLSTM(Algorithm):
     """The LSTM meta-learner of Ravi & Larochelle (2017); see the module docstring."""
 
     kind = "meta_lstm"
     paths = ("vmap", "loop", "fused", "compiled")
-    # compiled evaluation measured not to pay here (1.3x per task after a 3.5-minute compile,
-    # benchmarks/RESULTS.md, "Evaluation in passes of a few tasks"): it stays off
+    # compiled: the fused path with the meta-learner's update compiled (a graph of one update,
+    # compiled in seconds), training and evaluation alike
+    compiled_inner = "fused"
     cfg: MetaLSTMConfig
 
     @classmethod
@@ -265,10 +311,10 @@ class MetaLSTM(Algorithm):
         if self.cfg.inner_grad_clip is not None:  # regression: unbounded gradients
             g = g.clamp(-self.cfg.inner_grad_clip, self.cfg.inner_grad_clip)
         theta = self.flat(params, ctx)
-        p = self.cfg.preprocess_p
-        h, c = self.lstm(preprocess(loss, p), preprocess(g, p), h, c)
-        f, i = self.cell(h, theta, f_prev, i_prev)
-        new = self.unflat(f * theta - i * g)
+        update = compiled_update(self) if ctx.compiled else meta_learner_update
+        theta, h, c, f, i = update(self.lstm, self.cell, self.cfg.preprocess_p, loss, g, theta,
+                                   h, c, f_prev, i_prev)
+        new = self.unflat(theta)
         if running is not None:
             running = self.update_running(running, params, x, new, ctx)
         metrics = {"inner_loss": loss, "input_gate": i.detach().mean(-1),

@@ -29,7 +29,7 @@ from ..algorithms import algorithm_class
 from ..config import Config, EvalConfig
 from ..errors import ConfigError, FewshotError
 from ..rundir import RunDir
-from . import checkpoint, compiled, vectorize
+from . import checkpoint, vectorize
 from .checkpoint import check_config
 from .distributed import Sync
 from .setup import Experiment, build_experiment, resolve_device
@@ -238,7 +238,7 @@ def _evaluate_chunk(exp: Experiment, batch: Any, steps: int, path: str, chunks: 
     source = exp.source
     probe = source.probe().to(exp.device, exp.dtype) if hasattr(source, "probe") else None
     moved = batch.to(exp.device, exp.dtype)
-    ev = compiled.evaluate_tasks(exp.algo, moved, steps, path, chunks, probe)
+    ev = exp.algo.evaluate_tasks(moved, steps, path, chunks, probe)
     scored = None
     if ev.probed is not None:
         scored = {k: v.cpu() for k, v in source.probe_metrics(batch, ev.probed.cpu()).items()}

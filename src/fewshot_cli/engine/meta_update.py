@@ -26,13 +26,14 @@ def meta_update(algo: Algorithm, batch: TaskBatch, vectorize: Vectorize,
     (the mean outer loss) among them. The forward passes run under the algorithm's
     autocast, the backward pass does not."""
     optimizer.zero_grad(set_to_none=True)
-    got = compiled.meta_gradient(algo, batch, progress) if vectorize == "compiled" else None
+    whole = vectorize == "compiled" and algo.compiled_inner is None
+    got = compiled.meta_gradient(algo, batch, progress) if whole else None
     if got is not None:
         grads, loss, metrics = got
         for name, p in algo.named_parameters():
             p.grad = grads.get(name)
     else:
-        eager = compiled.INNER_PATH if vectorize == "compiled" else vectorize
+        eager = compiled.INNER_PATH if whole else vectorize  # the algorithm's own otherwise
         with algo.autocast():
             loss, metrics = algo.meta_loss(batch, eager, progress)
         loss.backward()

@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import Stopped
+
 #: The exit status of a run stopped by each signal (128 + its number).
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class Interrupted(Exception):
+class Interrupted(Stopped):
     """A stop signal received inside :meth:`StopSignals.interruptible`."""
 
     def __init__(self, signum: int) -> None:

@@ -9,7 +9,6 @@ import torch
 
 from ..algorithms import Vectorize
 from ..tasks import TaskBatch
-from . import compiled
 from .distributed import Sync
 from .evaluator import divergence_summary, query_chunks
 from .setup import Experiment
@@ -48,7 +47,7 @@ def validate(exp: Experiment, chunks: list[TaskBatch], path: Vectorize,
     sync = sync or Sync()
     batches = query_chunks(exp.algo.classification, exp.cfg.eval.query_batch,
                            exp.cfg.task.queries)
-    mine = {i: compiled.evaluate_tasks(exp.algo, chunks[i].to(exp.device, exp.dtype), steps,
+    mine = {i: exp.algo.evaluate_tasks(chunks[i].to(exp.device, exp.dtype), steps,
                                        path, batches).curve.cpu()
             for i in range(sync.rank, len(chunks), sync.world)}
     found = {i: c for part in sync.gather(mine) for i, c in part.items()}

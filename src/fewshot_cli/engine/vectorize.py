@@ -62,7 +62,7 @@ def cache_key(exp: Experiment) -> str:
         c.model.model_dump(mode="json"), c.algorithm.model_dump(mode="json"),
         list(exp.source.input_shape), exp.source.output_dim,
         getattr(c.task, "ways", None), c.task.shots, c.task.queries,
-        os.environ.get("LD_PRELOAD", ""),
+        os.environ.get("LD_PRELOAD", ""), os.environ.get("FEWSHOT_MALLOC", ""),
     ]
     if exp.device.type == "cuda":
         parts.append(torch.cuda.get_device_name(exp.device))
@@ -70,10 +70,10 @@ def cache_key(exp: Experiment) -> str:
 
 
 def available(algo: Algorithm) -> tuple[Vectorize, ...]:
-    """The paths ``algo`` can run: its available paths, ``compiled`` only along with
-    ``vmap`` (it compiles that path)."""
+    """The paths ``algo`` can run: its available paths, ``compiled`` only along with the path
+    it compiles (``vmap``, or the algorithm's :attr:`~Algorithm.compiled_inner`)."""
     paths = algo.available_paths
-    return tuple(p for p in paths if p != "compiled" or "vmap" in paths)
+    return tuple(p for p in paths if p != "compiled" or (algo.compiled_inner or "vmap") in paths)
 
 
 def time_step(algo: Algorithm, batch, path: Vectorize, device: torch.device,
