@@ -285,18 +285,26 @@ def test_compiled_path_gives_the_independent_meta_gradient_and_evaluation(monkey
                                                                          ) -> None:  # noqa: ANN001
     """The ``compiled`` path (the fused path with the meta-learner's update compiled) gives
     the independent implementation's meta-gradient and the fused path's evaluation, in
-    float64, through the compiled update (one call per update, every task at once)."""
+    float64, through the compiled update (one call per update, every task at once): two
+    graphs for training (the first update's state needs no gradient yet), one for
+    evaluation."""
+    from torch._dynamo.utils import counters
+
     algo, batch = sine_setup(steps=3, inner_batch=2)
+    torch._dynamo.reset()
+    counters.clear()
     calls = counting_compiled_update(monkeypatch)
     want = reference_grad(algo, batch)
     got = meta_grad(algo, batch, "compiled")
     n = sum(p.numel() for p in algo.model.parameters())
     assert calls == [(3, n)] * 3
+    assert counters["stats"]["unique_graphs"] == 2
     for k in want:
         assert (got[k] - want[k]).abs().max() < 1e-10, k
     fused = algo.evaluate_tasks(batch, 4, "fused")
     ev = algo.evaluate_tasks(batch, 4, "compiled")
     assert len(calls) == 3 + 4
+    assert counters["stats"]["unique_graphs"] == 3
     assert (ev.curve - fused.curve).abs().max() < 1e-10
     for k in fused.inner:
         assert (ev.inner[k] - fused.inner[k]).abs().max() < 1e-10, k

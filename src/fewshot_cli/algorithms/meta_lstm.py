@@ -260,7 +260,9 @@ class MetaLSTM(Algorithm):
             channels = self.model.norms()[0].channels
             running = theta.new_zeros(*lead, len(self.model.norms()), 2, channels)
             running[..., 1, :] = 1.0
-        return state, state, gate, gate, running
+        # four tensors, not two each given twice: a compiled update would see the aliases
+        # as a graph of its own for the first update
+        return state, state.clone(), gate, gate.clone(), running
 
     def running_norm(self, ctx: Context) -> bool:
         """Whether the query set is normalised with the support batches' running statistics
