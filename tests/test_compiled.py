@@ -223,3 +223,16 @@ def test_a_short_time_budget_is_not_spent_timing_a_compilation() -> None:
                                                 "train.max_seconds=600"]), torch.device("cpu"))
     assert not vectorize._worth_compiling(short, {"fused": 0.8})
     assert vectorize.run_seconds(short, 0.8) == 600
+
+
+def test_a_meta_lstm_run_is_worth_timing_its_small_compilation_sooner() -> None:
+    """The meta-LSTM compiles a one-update graph (seconds), not the whole meta-gradient: its
+    ``compiled`` path is timed for a run of 5 minutes, where MAML's waits for 20."""
+    sets = ["train.iterations=500", "device=cpu"]
+    lstm = build_experiment(load_config(SINE.parent / "sine-meta-lstm.yaml", sets),
+                            torch.device("cpu"))
+    maml = build_experiment(load_config(SINE, sets), torch.device("cpu"))
+    assert vectorize.min_compile_s(lstm) == vectorize.MIN_INNER_COMPILE_S == 300
+    assert vectorize.min_compile_s(maml) == vectorize.MIN_COMPILE_S == 1200
+    assert vectorize._worth_compiling(lstm, {"fused": 0.8})  # 400 s of training
+    assert not vectorize._worth_compiling(maml, {"fused": 0.8})

@@ -11,9 +11,11 @@ times one meta-training step each way on a real meta-batch and remembers the
 answer in a small cache keyed by everything that could change it.
 
 ``compiled`` (algorithms that declare it, and can run ``vmap``: it compiles that
-path's whole meta-gradient, see :mod:`.compiled`) costs a compilation first, of
-several seconds to minutes. ``auto`` therefore times it only where the run is long
-enough to repay one (the fastest eager path would train :data:`MIN_COMPILE_S`, counting
+path's whole meta-gradient, see :mod:`.compiled`; or the algorithm's own pieces,
+``compiled_inner``) costs a compilation first, of several seconds to minutes. ``auto``
+therefore times it only where the run is long enough to repay one (the fastest eager path
+would train :data:`MIN_COMPILE_S`, or :data:`MIN_INNER_COMPILE_S` for an algorithm that
+compiles its own small pieces, counting
 the run's real budget: ``train.max_seconds`` where set, else ``train.iterations``), times
 the first call (the compilation) apart from the steady steps, and charges the run
 :data:`COMPILES_PER_RUN` such compilations: spread over its iterations, or taken out of
@@ -47,6 +49,10 @@ from .setup import Experiment
 #: (benchmarks/RESULTS.md), so timing one for a shorter run would cost its user more than
 #: it could save.
 MIN_COMPILE_S = 1200.0
+#: The same for an algorithm that compiles its own pieces (``compiled_inner``): the LSTM
+#: meta-learner's one-update graph compiles in 10-20 s where its whole meta-gradient took
+#: 2-4 minutes (benchmarks/RESULTS.md, "LSTM meta-learner").
+MIN_INNER_COMPILE_S = 300.0
 #: Compilations a run pays for: the timed one, the other thread count's (``threads``
 #: times both) and the meta-updates with logged metrics (another graph).
 COMPILES_PER_RUN = 3
@@ -158,9 +164,15 @@ def run_seconds(exp: Experiment, seconds_per_step: float) -> float:
 
 
 def _worth_compiling(exp: Experiment, eager: dict[str, float | None]) -> bool:
-    """Whether the fastest eager path would train for :data:`MIN_COMPILE_S` or more."""
+    """Whether the fastest eager path would train for :func:`min_compile_s` or more."""
     best = min((v for v in eager.values() if v is not None), default=None)
-    return best is None or run_seconds(exp, best) >= MIN_COMPILE_S
+    return best is None or run_seconds(exp, best) >= min_compile_s(exp)
+
+
+def min_compile_s(exp: Experiment) -> float:
+    """How long a run must train for ``compiled`` to be timed (:data:`MIN_COMPILE_S`, or
+    :data:`MIN_INNER_COMPILE_S` where the algorithm compiles its own pieces)."""
+    return MIN_INNER_COMPILE_S if exp.algo.compiled_inner else MIN_COMPILE_S
 
 
 def _effective(exp: Experiment, timings: dict[str, float | None], compile_s: float | None
@@ -252,8 +264,9 @@ def choose(exp: Experiment, requested: str, announce: Callable[[str], None] | No
     source = "cached measurement"
     if entry is None:
         if announce is not None:
-            compiled = (f"; compiled only for a run of {MIN_COMPILE_S / 60:g} minutes or more, "
-                        "after a compilation" if "compiled" in paths else "")
+            least = min_compile_s(exp) / 60
+            compiled = (f"; compiled only for a run of {least:g} minutes or more, after a "
+                        "compilation" if "compiled" in paths else "")
             announce(f"timing one meta-update along each batching path "
                      f"({', '.join(paths)}{compiled})")
         timings, compile_s = measure_paths(exp)
