@@ -236,3 +236,25 @@ def test_a_meta_lstm_run_is_worth_timing_its_small_compilation_sooner() -> None:
     assert vectorize.min_compile_s(maml) == vectorize.MIN_COMPILE_S == 1200
     assert vectorize._worth_compiling(lstm, {"fused": 0.8})  # 400 s of training
     assert not vectorize._worth_compiling(maml, {"fused": 0.8})
+
+
+def test_a_stop_while_compiling_is_raised_as_the_stop(monkeypatch) -> None:
+    """A stop signal that arrives while the meta-gradient compiles reaches the caller wrapped
+    in the compiler's error: it is raised as the stop (the run then ends ``interrupted``),
+    not as a failed compilation; a real compiler failure stays a CompileError."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from fewshot_cli.engine.stopping import Interrupted
+
+    def failing(inner: Exception):
+        def run(*args: object) -> object:
+            raise BackendCompilerFailed(None, inner, None)
+        return lambda graphs: run
+
+    algo, batch = _setup(steps=1)
+    monkeypatch.setattr(compiled, "_compiled", failing(Interrupted(15)))
+    with pytest.raises(Interrupted):
+        compiled.meta_gradient(algo, batch, TrainingProgress(1, 1))
+    monkeypatch.setattr(compiled, "_compiled", failing(RuntimeError("no compiler")))
+    with pytest.raises(compiled.CompileError, match="torch.compile failed"):
+        compiled.meta_gradient(algo, batch, TrainingProgress(1, 1))
