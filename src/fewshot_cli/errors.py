@@ -1,4 +1,5 @@
-"""Errors that are the user's to fix: the CLI prints them as one line and exits non-zero."""
+"""Errors that are the user's to fix (the CLI prints them as one line and exits non-zero), and
+the stop signal's base class, which the algorithms see too."""
 
 
 class FewshotError(Exception):

@@ -30,6 +30,9 @@ gradient descent", appendix A (:func:`preprocess`).
   input: close to plain gradient descent with a small step), every other meta-learner
   weight in U(-0.01, 0.01), as the reference code does.
 - Meta-gradients are clipped to norm ``grad_clip`` (0.25 in the reference configs).
+- On the ``compiled`` path the update of every coordinate (:func:`meta_learner_update`) is
+  compiled as a graph of one update, and the fused path runs around it, in training and
+  evaluation alike (:func:`compiled_update`).
 - ``inner_grad_clip`` (off by default, not in the paper) clips each element of the
   learner's gradient to [-c, c] before it is preprocessed and applied. Classification
   losses have bounded gradients; a regression loss does not, and a learned input gate
