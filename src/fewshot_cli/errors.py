@@ -50,17 +50,16 @@ class Stopped(Exception):
     ``Interrupted``); not a user error."""
 
 
-def stop_in(error: BaseException | None) -> Stopped | None:
-    """The stop signal in ``error``'s chain (a compiler wraps what is raised while it
-    compiles in its own errors), or None."""
+def raise_stop(error: BaseException | None) -> None:
+    """Raise the stop signal in ``error``'s chain, if there is one (a compiler wraps what is
+    raised while it compiles in its own errors); return otherwise."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, Stopped):
-            return error
+            raise error from None
         seen.add(id(error))
         error = (getattr(error, "inner_exception", None) or error.__cause__
                  or error.__context__)
-    return None
 
 
 def first_line(error: BaseException) -> str:

@@ -112,12 +112,11 @@ def map_tasks(fn: Callable[..., Any], params: Any, *per_task: Any, vectorize: Ve
     """``fn(params, *task_parts, ctx)`` for every task of a meta-batch.
 
     ``per_task`` are pytrees (e.g. :class:`Support`) of ``[B, ...]`` tensors. Every way
-    returns the same pytree of ``[B, ...]`` results (module docstring).
+    returns the same pytree of ``[B, ...]`` results (module docstring). ``vectorize`` is an
+    eager path (``compiled`` is resolved by :meth:`Algorithm.eager_path` first).
     """
     first = next(t for t in pytree.tree_leaves(per_task[0]) if t is not None)
     n = first.shape[0]
-    if vectorize == "compiled":
-        vectorize = "vmap"
     if vectorize == "fused":
         return fn(stack_params(params, n), *per_task,
                   Context(ctx.training, True, ctx.progress, ctx.compiled))

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from ..config import MetaLSTMConfig
-from ..errors import first_line, stop_in
+from ..errors import first_line, raise_stop
 from ..tasks.base import TaskBatch, TaskShape, TaskSource
 from .base import Algorithm, Evaluation
 from .batching import Context, Support, Vectorize, support_batch
@@ -191,9 +191,7 @@ def compiled_update(algo: MetaLSTM) -> Any:
         try:
             return _compiled_update()(*args)
         except (BackendCompilerFailed, Unsupported) as e:
-            stop = stop_in(e)  # a stop signal that arrived while it compiled
-            if stop is not None:
-                raise stop from None
+            raise_stop(e)  # a stop signal that arrived while it compiled
             algo.__dict__["_eager_update"] = True
             warnings.warn(f"train.vectorize: compiled: the meta-learner's update could not be "
                           f"compiled ({first_line(e)}); running it eagerly", RuntimeWarning,

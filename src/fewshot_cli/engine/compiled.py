@@ -39,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 from torch.utils._pytree import tree_map
 
-from ..errors import FewshotError, first_line, stop_in
+from ..errors import FewshotError, first_line, raise_stop
 from ..tasks.base import TaskBatch
 
 # A CUDA build of torch compiling for the CPU of a machine without a GPU logs a warning
@@ -161,9 +161,7 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
         with torch.compiler.set_stance("fail_on_recompile" if seen else "default"):
             grads, (loss, metrics) = compiled(module, params, tensors, progress)
     except (BackendCompilerFailed, Unsupported) as e:
-        stop = stop_in(e)  # a stop signal that arrived while it compiled
-        if stop is not None:
-            raise stop from None
+        raise_stop(e)  # a stop signal that arrived while it compiled
         raise CompileError(f"train.vectorize: compiled: torch.compile failed ({first_line(e)}); "
                            f"choose another with --set train.vectorize=PATH") from None
     except RuntimeError as e:

@@ -32,10 +32,9 @@ def meta_update(algo: Algorithm, batch: TaskBatch, vectorize: Vectorize,
         grads, loss, metrics = got
         for name, p in algo.named_parameters():
             p.grad = grads.get(name)
-    else:
-        eager = compiled.INNER_PATH if whole else vectorize  # the algorithm's own otherwise
+    else:  # meta_loss runs ``compiled`` as its eager path (Algorithm.eager_path)
         with algo.autocast():
-            loss, metrics = algo.meta_loss(batch, eager, progress)
+            loss, metrics = algo.meta_loss(batch, vectorize, progress)
         loss.backward()
     algo.settings.group.gradients(algo)
     metrics = {"loss": loss.detach(), **metrics}
