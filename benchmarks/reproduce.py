@@ -90,7 +90,7 @@ SWEEPS: dict[str, Sweep] = {
          "train.val_tasks=100", "train.checkpoint_every=250"],
         eval=["--steps", "1,5"]),
     # MAML paper, sec. 5.2, Omniglot 5-way 1-shot at the reference code's settings and inner
-    # loss for the paper's whole schedule (60,000 iterations, about 8 hours of one core):
+    # loss for the paper's whole schedule (60,000 iterations, 5 h 51 min of one core here):
     # done in parts (stop it at any time, --run it again: it resumes); its first 7,078
     # iterations are the sum/K run of seed 1 above, continued; its checkpoints stay with the
     # sweep directory (--keep copies none)
