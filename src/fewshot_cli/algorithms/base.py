@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_map
 from ..config import AlgorithmSection
 from ..tasks.base import TaskBatch, TaskSource
 from .batching import (
+    WHOLE_GRAPH_PATH,
     Context,
     Query,
     Support,
@@ -139,9 +140,11 @@ class Algorithm(nn.Module):
     def eager_path(self, vectorize: Vectorize) -> tuple[Vectorize, bool]:
         """The eager path ``vectorize`` runs and whether the algorithm's own compiled pieces
         are on: ``compiled`` is :attr:`compiled_inner` with them, where the algorithm has
-        one (otherwise ``vmap``, inside or in place of the whole compiled function)."""
+        one (otherwise :data:`WHOLE_GRAPH_PATH`, inside or in place of the whole compiled
+        function)."""
         if vectorize == "compiled":
-            return (self.compiled_inner, True) if self.compiled_inner else ("vmap", False)
+            return ((self.compiled_inner, True) if self.compiled_inner
+                    else (WHOLE_GRAPH_PATH, False))
         return vectorize, False
 
     def forward(self, params: Params, x: torch.Tensor, ctx: Context,  # type: ignore[override]

@@ -26,6 +26,9 @@ from .params import stack_params
 Vectorize = Literal["vmap", "loop", "fused", "compiled"]
 #: Every value of ``train.vectorize`` but ``auto``.
 VECTORIZE: tuple[str, ...] = get_args(Vectorize)
+#: The eager path ``compiled`` builds the whole compiled meta-gradient from (and falls back
+#: to, and evaluates on), for an algorithm without pieces of its own to compile.
+WHOLE_GRAPH_PATH: Vectorize = "vmap"
 
 
 class Support(NamedTuple):

@@ -39,16 +39,13 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 from torch.utils._pytree import tree_map
 
+from ..algorithms.batching import WHOLE_GRAPH_PATH
 from ..errors import FewshotError, first_line, raise_stop
 from ..tasks.base import TaskBatch
 
 # A CUDA build of torch compiling for the CPU of a machine without a GPU logs a warning
 # about the CUDA runtime on every compile; it says nothing about this run.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-#: The eager path the compiled function is built from, and the fallback.
-INNER_PATH = "vmap"
-
 
 class CompileError(FewshotError):
     """The meta-gradient could not be compiled here (no C++ compiler, an unsupported
@@ -64,7 +61,7 @@ class _Objective(nn.Module):
 
     def forward(self, batch: tuple[torch.Tensor | None, ...], progress: Any) -> Any:
         sx, sy, qx, qy, ux = batch
-        return self.algo.meta_loss(TaskBatch(sx, sy, qx, qy, unlabelled_x=ux), INNER_PATH,
+        return self.algo.meta_loss(TaskBatch(sx, sy, qx, qy, unlabelled_x=ux), WHOLE_GRAPH_PATH,
                                    progress)
 
 
@@ -119,7 +116,7 @@ def _key(batch: tuple[torch.Tensor | None, ...], logged: bool) -> tuple[Any, ...
 
 def _unused(algo: Any, batch: TaskBatch, progress: Any) -> set[str]:
     """Names of the meta-parameters the eager meta-loss does not reach (checked once)."""
-    loss, _ = algo.meta_loss(batch, INNER_PATH, progress)
+    loss, _ = algo.meta_loss(batch, WHOLE_GRAPH_PATH, progress)
     names, params = zip(*[(n, p) for n, p in algo.named_parameters() if p.requires_grad])
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return {n for n, g in zip(names, grads) if g is None}
@@ -135,7 +132,7 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]] | None:
     """``(gradients by parameter name, mean outer loss, metrics)`` of ``algo`` on ``batch``,
     from the compiled function; None once ``algo`` has fallen back to the eager path (the
-    caller then runs :data:`INNER_PATH`). Gradients of unreached parameters are absent.
+    caller then runs :data:`WHOLE_GRAPH_PATH`). Gradients of unreached parameters are absent.
 
     Raises :class:`CompileError` where compilation itself fails.
     """
@@ -170,7 +167,7 @@ def meta_gradient(algo: Any, batch: TaskBatch, progress: Any
         state.eager = True
         warnings.warn(f"train.vectorize: compiled: the {type(algo).__name__} objective changes "
                       f"from iteration to iteration (it would recompile every time); using "
-                      f"the eager {INNER_PATH} path", RuntimeWarning, stacklevel=2)
+                      f"the eager {WHOLE_GRAPH_PATH} path", RuntimeWarning, stacklevel=2)
         return None
     state.keys.add(key)
     if graphs:  # out of the graphs' memory before the next replay reuses it

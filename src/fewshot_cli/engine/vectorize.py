@@ -15,12 +15,11 @@ path's whole meta-gradient, see :mod:`.compiled`; or the algorithm's own pieces,
 ``compiled_inner``) costs a compilation first, of several seconds to minutes. ``auto``
 therefore times it only where the run is long enough to repay one (the fastest eager path
 would train :data:`MIN_COMPILE_S`, or :data:`MIN_INNER_COMPILE_S` for an algorithm that
-compiles its own small pieces, counting
-the run's real budget: ``train.max_seconds`` where set, else ``train.iterations``), times
-the first call (the compilation) apart from the steady steps, and charges the run
-:data:`COMPILES_PER_RUN` such compilations: spread over its iterations, or taken out of
-its time budget (:func:`_effective`). A compilation that fails there leaves
-``compiled`` unavailable.
+compiles its own small pieces, counting the run's real budget: ``train.max_seconds``
+where set, else ``train.iterations``), times the first call (the compilation) apart from
+the steady steps, and charges the run :data:`COMPILES_PER_RUN` such compilations: spread
+over its iterations, or taken out of its time budget (:func:`_effective`). A compilation
+that fails there leaves ``compiled`` unavailable.
 """
 
 from __future__ import annotations
@@ -77,9 +76,9 @@ def cache_key(exp: Experiment) -> str:
 
 def available(algo: Algorithm) -> tuple[Vectorize, ...]:
     """The paths ``algo`` can run: its available paths, ``compiled`` only along with the path
-    it compiles (``vmap``, or the algorithm's :attr:`~Algorithm.compiled_inner`)."""
+    it compiles (:meth:`~Algorithm.eager_path` of ``compiled``)."""
     paths = algo.available_paths
-    return tuple(p for p in paths if p != "compiled" or (algo.compiled_inner or "vmap") in paths)
+    return tuple(p for p in paths if p != "compiled" or algo.eager_path("compiled")[0] in paths)
 
 
 def time_step(algo: Algorithm, batch, path: Vectorize, device: torch.device,
