@@ -267,6 +267,37 @@ def test_meta_gradient_matches_an_independent_implementation_on_every_path(setup
     assert max((second[k] - want[k]).abs().max().item() for k in want) > 1e-6
 
 
+
+@pytest.mark.parametrize("path", ["vmap", "loop", "fused"])
+def test_evaluation_adapts_as_the_independent_implementation(path: str) -> None:
+    """Evaluation runs the meta-learner without a graph, in its own layout (the gates
+    gate-major, the cell in place): the query loss after the inner steps is the
+    independent implementation's, task by task (float64)."""
+    algo, batch = sine_setup(steps=3, inner_batch=2)
+    want = [reference_objective(algo, one).item() for one in batch.split(1)]
+    got = algo.evaluate_tasks(batch, 3, path).curve[:, 3, 0]
+    assert got.tolist() == pytest.approx(want, rel=0, abs=1e-12)
+
+
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_the_coordinate_lstm_without_a_graph_computes_what_it_computes_with_one(lead) -> None:  # noqa: ANN001
+    """The gate-major step (fused evaluation, no graph) against the step with a graph,
+    unbatched, batched and under vmap (float64)."""
+    torch.manual_seed(0)
+    algo, _ = sine_setup()
+    lstm = algo.lstm
+    shared, x = torch.randn(*lead, 2).double(), torch.randn(*lead, 7, 2).double()
+    h, c = torch.randn(*lead, 7, 20).double(), torch.randn(*lead, 7, 20).double()
+    with_graph = lstm(shared, x, h, c)
+    assert with_graph[0].requires_grad
+    with torch.no_grad():
+        without = lstm(shared, x, h, c, gate_major=True)
+        mapped = (torch.func.vmap(lambda *a: lstm(*a, gate_major=True))(shared, x, h, c)
+                  if lead else without)
+    for a, b, m in zip(with_graph, without, mapped):
+        assert (a - b).abs().max() < 1e-14 and (a - m).abs().max() < 1e-14
+        assert a.shape == b.shape == m.shape
+
 def counting_compiled_update(monkeypatch) -> list[tuple[int, ...]]:  # noqa: ANN001
     """Every call of the compiled meta-learner update, by the shape of its coordinates."""
     from fewshot_cli.algorithms import meta_lstm
@@ -458,6 +489,22 @@ def test_gate_statistics_per_layer_and_their_spread() -> None:
     assert {"inner_loss", "input_gate", "forget_gate", "accuracy"} <= set(metrics)
     assert not any("/" in k for k in metrics) and metrics["input_gate"].shape == (3,)
 
+
+
+def test_validation_curves_leave_out_the_per_layer_gate_statistics(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation reads only the query curve (``adaptation_curve``): the per-layer gate
+    statistics that ``fewshot eval`` reports are not computed for it, and the curve is the
+    same."""
+    algo, batch = conv_setup(steps=2)
+    calls: list[int] = []
+    real = algo.gate_statistics
+    monkeypatch.setattr(algo, "gate_statistics", lambda i, f: calls.append(1) or real(i, f))
+    curve = algo.adaptation_curve(batch, 2, "fused")
+    assert calls == []
+    ev = algo.evaluate_tasks(batch, 2, "fused")
+    assert len(calls) == 2 and "input_gate/head" in ev.inner
+    assert torch.equal(curve, ev.curve)
 
 def test_sgd_reference_starts_from_the_learned_init_and_picks_the_best_lr() -> None:
     algo, _ = sine_setup(steps=3)

@@ -372,8 +372,10 @@ class Algorithm(nn.Module):
 
     def adaptation_curve(self, batch: TaskBatch, steps: int, vectorize: Vectorize,
                          query_chunks: int = 1) -> torch.Tensor:
-        """Query metrics after 0..steps inner steps, ``[B, steps + 1, m]`` (no outer graph)."""
-        return self.evaluate_tasks(batch, steps, vectorize, query_chunks).curve
+        """Query metrics after 0..steps inner steps, ``[B, steps + 1, m]`` (no outer graph;
+        without the adaptation's diagnostics)."""
+        return self.evaluate_tasks(batch, steps, vectorize, query_chunks,
+                                   diagnostics=False).curve
 
     def eval_tasks_at_once(self) -> int | None:
         """The most tasks :meth:`evaluate_tasks` adapts in one pass (more are taken in turn,
@@ -381,19 +383,21 @@ class Algorithm(nn.Module):
         return None
 
     def evaluate_tasks(self, batch: TaskBatch, steps: int, vectorize: Vectorize,
-                       query_chunks: int = 1, probe: torch.Tensor | None = None
-                       ) -> Evaluation:
+                       query_chunks: int = 1, probe: torch.Tensor | None = None, *,
+                       diagnostics: bool = True) -> Evaluation:
         """Adapt every task of ``batch`` for ``steps`` steps, without an outer graph, at most
         :meth:`eval_tasks_at_once` at a time.
 
         Returns the query metrics after 0..steps steps, the adaptation's own per-step
-        metrics (e.g. ``inner_loss``, ``[B, steps]``) and, given ``probe`` inputs
+        metrics (e.g. ``inner_loss``, ``[B, steps]``; those only diagnostics need left out
+        without ``diagnostics``, see :class:`Context`) and, given ``probe`` inputs
         ``[G, ...]`` shared by all tasks, the network's predictions on them before and
         after adaptation, ``[B, 2, G, out]`` (function-space errors, plots).
         """
         limit = self.eval_tasks_at_once()
         if limit is not None and len(batch) > limit:
-            return Evaluation.join([self.evaluate_tasks(b, steps, vectorize, query_chunks, probe)
+            return Evaluation.join([self.evaluate_tasks(b, steps, vectorize, query_chunks, probe,
+                                                        diagnostics=diagnostics)
                                     for b in batch.split(limit)])
         base = detached(self.params())
 
@@ -411,7 +415,8 @@ class Algorithm(nn.Module):
         support, query = split(batch)
         path, own = self.eager_path(vectorize)
         curve, metrics, *probed = map_tasks(one, base, support, query, vectorize=path,
-                                            ctx=Context(training=False, compiled=own))
+                                            ctx=Context(training=False, compiled=own,
+                                                        diagnostics=diagnostics))
         probed = probed[0] if probed else None
         return Evaluation(curve.detach(), {k: v.detach() for k, v in metrics.items()},
                           None if probed is None else probed.detach())

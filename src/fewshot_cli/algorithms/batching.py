@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
@@ -91,13 +91,17 @@ class Context:
     ``fused``: parameters are ``[B, ...]`` stacks and inputs ``[B, n, ...]``;
     ``progress``: the training progress (None at evaluation);
     ``compiled``: on the ``compiled`` path of an algorithm that compiles its own pieces
-    (:attr:`Algorithm.compiled_inner`).
+    (:attr:`Algorithm.compiled_inner`);
+    ``diagnostics``: at evaluation, whether the adaptation's costlier per-step metrics are
+    wanted (e.g. the meta-LSTM's gates per layer: ``fewshot eval``; not validation, which
+    reads only the query curve).
     """
 
     training: bool
     fused: bool = False
     progress: TrainingProgress | None = None
     compiled: bool = False
+    diagnostics: bool = False
 
 
 def join_batches(parts: list[torch.Tensor], ctx: Context) -> torch.Tensor:
@@ -122,7 +126,7 @@ def map_tasks(fn: Callable[..., Any], params: Any, *per_task: Any, vectorize: Ve
     n = first.shape[0]
     if vectorize == "fused":
         return fn(stack_params(params, n), *per_task,
-                  Context(ctx.training, True, ctx.progress, ctx.compiled))
+                  replace(ctx, fused=True))
     if vectorize == "vmap":
         return vmap(lambda p, *parts: fn(p, *parts, ctx),
                     in_dims=(None, *(_in_dims(t) for t in per_task)))(params, *per_task)

@@ -53,11 +53,12 @@ the gradient is that of the mean support loss (the code divides it once more by 
 size).
 
 Metrics, per inner step: ``inner_loss`` (support loss before the update), ``input_gate``
-and ``forget_gate`` (means over all coordinates); in evaluation also, per layer ``L`` of
-the learner, ``input_gate/L``, ``forget_gate/L`` (means over its coordinates) and
-``input_gate_sd/L``, ``forget_gate_sd/L`` (their spread, the standard deviation over the
-coordinates). After adaptation: ``inner_loss_after`` (logged iterations), ``accuracy``
-(classification) and ``meta_grad_norm`` (before clipping).
+and ``forget_gate`` (means over all coordinates); in ``fewshot eval`` also (validation,
+which reads only the query curve, leaves them out), per layer ``L`` of the learner,
+``input_gate/L``, ``forget_gate/L`` (means over its coordinates) and ``input_gate_sd/L``,
+``forget_gate_sd/L`` (their spread, the standard deviation over the coordinates). After
+adaptation: ``inner_loss_after`` (logged iterations), ``accuracy`` (classification) and
+``meta_grad_norm`` (before clipping).
 
 ``fewshot eval`` also scores plain SGD from the same learned initial parameters, at the
 best of ``sgd_reference_lrs`` on validation tasks (:meth:`MetaLSTM.references`).
@@ -125,17 +126,39 @@ class CoordinateLSTM(nn.Module):
         nn.init.uniform_(self.bias, -INIT_SCALE, INIT_SCALE)
 
     def forward(self, shared: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
-                c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                c: torch.Tensor, gate_major: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h, c`` after one step. ``gate_major`` (fused evaluation, no graph): see
+        :meth:`gate_major_cell`."""
         hidden = h.shape[-1]
         k = shared.shape[-1]
         scale = torch.ones_like(self.bias)
         scale[2 * hidden:3 * hidden] = 2.0
         weight = self.weight * scale.unsqueeze(-1)
         bias = shared @ weight[:, :k].T + self.bias * scale  # [..., 4 hidden]
-        z = torch.cat([x, h], dim=-1) @ weight[:, k:].T
+        xh = torch.cat([x, h], dim=-1)
+        if gate_major and not torch.is_grad_enabled():
+            return self.gate_major_cell(xh, weight[:, k:], bias, c)
+        z = xh @ weight[:, k:].T
         i, f, g, o = z.add_(bias.unsqueeze(-2)).sigmoid_().chunk(4, dim=-1)
         c = f * c + i * (2 * g - 1)
         return o * torch.tanh(c), c
+
+    @staticmethod
+    def gate_major_cell(xh: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step without a graph, the gates laid out gate-major, ``[4, ..., n, hidden]``:
+        one product per gate into its own contiguous block, so the cell's elementwise
+        operators read contiguous memory (on a strided slice of ``[..., n, 4 hidden]`` they
+        run several times slower), and the cell computed in place. Eager evaluation on the
+        fused path only: a compiler fuses the cell into one kernel that runs slower on this
+        layout, and under ``vmap`` the per-gate product is batched less well."""
+        hidden = c.shape[-1]
+        flat = xh.reshape(-1, xh.shape[-1])
+        z = torch.bmm(flat.expand(4, *flat.shape), weight.view(4, hidden, -1).transpose(1, 2))
+        gate_bias = bias.unflatten(-1, (4, hidden)).movedim(-2, 0).unsqueeze(-2)
+        i, f, g, o = z.view(4, *c.shape).add_(gate_bias).sigmoid_().unbind(0)
+        c = torch.addcmul((f * c).sub_(i), i, g, value=2)
+        return torch.tanh(c).mul_(o), c
 
 
 class MetaLearnerCell(nn.Module):
@@ -155,26 +178,34 @@ class MetaLearnerCell(nn.Module):
         nn.init.uniform_(self.bias_forget, *forget_bias)
         nn.init.uniform_(self.bias_input, *input_bias)
 
-    @staticmethod
-    def _gate(w: torch.Tensor, b: torch.Tensor, h: torch.Tensor, theta: torch.Tensor,
-              prev: torch.Tensor) -> torch.Tensor:
-        hidden = w.shape[0] - 2
-        return torch.sigmoid(h @ w[:hidden] + theta * w[hidden] + prev * w[hidden + 1] + b)
-
     def forward(self, h: torch.Tensor, theta: torch.Tensor, f_prev: torch.Tensor,
                 i_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forget and input gates ``[..., n]``."""
-        return (self._gate(self.weight_forget, self.bias_forget, h, theta, f_prev),
-                self._gate(self.weight_input, self.bias_input, h, theta, i_prev))
+        """The forget and input gates ``[..., n]``. Eagerly, both gates' products with ``h``
+        are one ``[hidden, 2]`` product: one pass over ``h`` forward and one write of its
+        gradient backward, where a matrix-vector product per gate takes two of each (the
+        training step's gates take 40% less time). A compiler fuses the matrix-vector
+        products into its kernel and runs slower with the one product, so compiled the
+        gates take one each."""
+        hidden = h.shape[-1]
+        w = torch.stack([self.weight_forget, self.weight_input], dim=-1)  # [hidden + 2, 2]
+        if torch.compiler.is_compiling():
+            hf, hi = h @ w[:hidden, 0], h @ w[:hidden, 1]
+        else:
+            hf, hi = (h @ w[:hidden]).unbind(-1)
+        f = hf + theta * w[hidden, 0] + f_prev * w[hidden + 1, 0] + self.bias_forget
+        i = hi + theta * w[hidden, 1] + i_prev * w[hidden + 1, 1] + self.bias_input
+        return torch.sigmoid(f), torch.sigmoid(i)
 
 
 def meta_learner_update(lstm: CoordinateLSTM, cell: MetaLearnerCell, p: float,
                         loss: torch.Tensor, g: torch.Tensor, theta: torch.Tensor,
                         h: torch.Tensor, c: torch.Tensor, f_prev: torch.Tensor,
-                        i_prev: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                        i_prev: torch.Tensor, gate_major: bool = False
+                        ) -> tuple[torch.Tensor, ...]:
     """One update of every coordinate from the learner's loss and gradient: the new
-    coordinates ``f * theta - i * g``, the LSTM's ``h`` and ``c``, and the gates ``f, i``."""
-    h, c = lstm(preprocess(loss, p), preprocess(g, p), h, c)
+    coordinates ``f * theta - i * g``, the LSTM's ``h`` and ``c``, and the gates ``f, i``
+    (``gate_major``: :meth:`CoordinateLSTM.gate_major_cell`)."""
+    h, c = lstm(preprocess(loss, p), preprocess(g, p), h, c, gate_major)
     f, i = cell(h, theta, f_prev, i_prev)
     return f * theta - i * g, h, c, f, i
 
@@ -316,7 +347,11 @@ class MetaLSTM(Algorithm):
         if self.cfg.inner_grad_clip is not None:  # regression: unbounded gradients
             g = g.clamp(-self.cfg.inner_grad_clip, self.cfg.inner_grad_clip)
         theta = self.flat(params, ctx)
-        update = compiled_update(self) if ctx.compiled else meta_learner_update
+        if ctx.compiled:
+            update: Any = compiled_update(self)
+        else:  # fused evaluation: the gates gate-major
+            update = functools.partial(meta_learner_update,
+                                       gate_major=ctx.fused and not ctx.training)
         theta, h, c, f, i = update(self.lstm, self.cell, self.cfg.preprocess_p, loss, g, theta,
                                    h, c, f_prev, i_prev)
         new = self.unflat(theta)
@@ -324,7 +359,7 @@ class MetaLSTM(Algorithm):
             running = self.update_running(running, params, x, new, ctx)
         metrics = {"inner_loss": loss, "input_gate": i.detach().mean(-1),
                    "forget_gate": f.detach().mean(-1)}
-        if not ctx.training:
+        if ctx.diagnostics:
             metrics.update(self.gate_statistics(i.detach(), f.detach()))
         return new, (h, c, f, i, running), metrics
 
@@ -356,10 +391,11 @@ class MetaLSTM(Algorithm):
         return max(1, EVAL_STATE_BYTES // per_task)
 
     def evaluate_tasks(self, batch: TaskBatch, steps: int, vectorize: Vectorize,
-                       query_chunks: int = 1, probe: torch.Tensor | None = None
-                       ) -> Evaluation:
+                       query_chunks: int = 1, probe: torch.Tensor | None = None, *,
+                       diagnostics: bool = True) -> Evaluation:
         with torch.no_grad():  # the learner's gradients are taken all the same
-            return super().evaluate_tasks(batch, steps, vectorize, query_chunks, probe)
+            return super().evaluate_tasks(batch, steps, vectorize, query_chunks, probe,
+                                          diagnostics=diagnostics)
 
     def adapt_one(self, batch: TaskBatch, index: int, steps: int) -> Params:
         with torch.no_grad():

@@ -47,8 +47,8 @@ def validate(exp: Experiment, chunks: list[TaskBatch], path: Vectorize,
     sync = sync or Sync()
     batches = query_chunks(exp.algo.classification, exp.cfg.eval.query_batch,
                            exp.cfg.task.queries)
-    mine = {i: exp.algo.evaluate_tasks(chunks[i].to(exp.device, exp.dtype), steps,
-                                       path, batches).curve.cpu()
+    mine = {i: exp.algo.adaptation_curve(chunks[i].to(exp.device, exp.dtype), steps, path,
+                                         batches).cpu()
             for i in range(sync.rank, len(chunks), sync.world)}
     found = {i: c for part in sync.gather(mine) for i, c in part.items()}
     curves = torch.cat([found[i] for i in range(len(chunks))])
