@@ -135,28 +135,33 @@ class CoordinateLSTM(nn.Module):
         scale[2 * hidden:3 * hidden] = 2.0
         weight = self.weight * scale.unsqueeze(-1)
         bias = shared @ weight[:, :k].T + self.bias * scale  # [..., 4 hidden]
-        xh = torch.cat([x, h], dim=-1)
         if gate_major and not torch.is_grad_enabled():
-            return self.gate_major_cell(xh, weight[:, k:], bias, c)
-        z = xh @ weight[:, k:].T
+            return self.gate_major_cell(x, h, c, weight[:, k:], bias)
+        z = torch.cat([x, h], dim=-1) @ weight[:, k:].T
         i, f, g, o = z.add_(bias.unsqueeze(-2)).sigmoid_().chunk(4, dim=-1)
         c = f * c + i * (2 * g - 1)
         return o * torch.tanh(c), c
 
     @staticmethod
-    def gate_major_cell(xh: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                        c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step without a graph, the gates laid out gate-major, ``[4, ..., n, hidden]``:
-        one product per gate into its own contiguous block, so the cell's elementwise
-        operators read contiguous memory (on a strided slice of ``[..., n, 4 hidden]`` they
-        run several times slower), and the cell computed in place. Eager evaluation on the
-        fused path only: a compiler fuses the cell into one kernel that runs slower on this
-        layout, and under ``vmap`` the per-gate product is batched less well."""
-        hidden = c.shape[-1]
-        flat = xh.reshape(-1, xh.shape[-1])
-        z = torch.bmm(flat.expand(4, *flat.shape), weight.view(4, hidden, -1).transpose(1, 2))
-        gate_bias = bias.unflatten(-1, (4, hidden)).movedim(-2, 0).unsqueeze(-2)
-        i, f, g, o = z.view(4, *c.shape).add_(gate_bias).sigmoid_().unbind(0)
+    def gate_major_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+                        weight: torch.Tensor, bias: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step without a graph, its gates laid out gate-major: each task's products,
+        one per gate, written into contiguous blocks ``[tasks, 4, n, hidden]`` (the bias a
+        last input of 1, so no pass adds it), so the cell's elementwise operators read
+        contiguous memory (on a strided slice of ``[..., n, 4 hidden]`` they run several
+        times slower), and the cell computed in place. Eager evaluation on the fused path
+        only: a compiler fuses the cell into one kernel that runs slower on this layout, and
+        ``vmap`` cannot write a product into a given tensor."""
+        lead, (n, hidden) = h.shape[:-2], h.shape[-2:]
+        one = x.new_ones(()).expand(*lead, n, 1)
+        xh = torch.cat([x, h, one], dim=-1).reshape(-1, n, x.shape[-1] + hidden + 1)
+        w = torch.cat([weight.expand(*lead, *weight.shape), bias.unsqueeze(-1)], dim=-1)
+        w = w.reshape(-1, 4, hidden, xh.shape[-1]).transpose(-1, -2)  # [tasks, 4, k, hidden]
+        z = x.new_empty(xh.shape[0], 4, n, hidden)
+        for t in range(xh.shape[0]):
+            torch.bmm(xh[t].expand(4, *xh.shape[1:]), w[t], out=z[t])
+        i, f, g, o = (gate.view(c.shape) for gate in z.sigmoid_().unbind(1))
         c = torch.addcmul((f * c).sub_(i), i, g, value=2)
         return torch.tanh(c).mul_(o), c
 
@@ -187,13 +192,13 @@ class MetaLearnerCell(nn.Module):
         products into its kernel and runs slower with the one product, so compiled the
         gates take one each."""
         hidden = h.shape[-1]
-        w = torch.stack([self.weight_forget, self.weight_input], dim=-1)  # [hidden + 2, 2]
+        wf, wi = self.weight_forget, self.weight_input
         if torch.compiler.is_compiling():
-            hf, hi = h @ w[:hidden, 0], h @ w[:hidden, 1]
+            hf, hi = h @ wf[:hidden], h @ wi[:hidden]
         else:
-            hf, hi = (h @ w[:hidden]).unbind(-1)
-        f = hf + theta * w[hidden, 0] + f_prev * w[hidden + 1, 0] + self.bias_forget
-        i = hi + theta * w[hidden, 1] + i_prev * w[hidden + 1, 1] + self.bias_input
+            hf, hi = (h @ torch.stack([wf[:hidden], wi[:hidden]], dim=-1)).unbind(-1)
+        f = hf + theta * wf[hidden] + f_prev * wf[hidden + 1] + self.bias_forget
+        i = hi + theta * wi[hidden] + i_prev * wi[hidden + 1] + self.bias_input
         return torch.sigmoid(f), torch.sigmoid(i)
 
 
