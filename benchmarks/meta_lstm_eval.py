@@ -1,5 +1,5 @@
 """Seconds per evaluated task of the LSTM meta-learner (validation's and ``fewshot eval``'s
-adaptation, through the engine's entry point), at 12 and at 100 tasks per chunk, in passes
+adaptation, through the entry points each uses), at 12 and at 100 tasks per chunk, in passes
 of ``eval_tasks_at_once`` tasks, next to one training episode on the same path; with
 ``--one-pass`` also one pass over the whole chunk (eager paths). Random images of the
 config's shape (no data set needed), one process; the ``compiled`` path's first call (its
@@ -105,17 +105,20 @@ def main() -> None:
                 batch = draw(n, queries)
                 chunks = (queries if cfg.eval.query_batch == "per_class"
                           and shape.problem == "classification" else 1)
+                # what each runs: validation the query curve alone, eval with the
+                # adaptation's diagnostics (the meta-LSTM's gates per layer)
+                run = (algo.adaptation_curve if what == "validation" else algo.evaluate_tasks)
                 start = time.perf_counter()  # the first call: a compilation on compiled
-                algo.evaluate_tasks(batch.split(limit)[0], steps, path, chunks)
+                run(batch.split(limit)[0], steps, path, chunks)
                 first = time.perf_counter() - start
                 start = time.perf_counter()
-                algo.evaluate_tasks(batch, steps, path, chunks)
+                run(batch, steps, path, chunks)
                 per_task = (time.perf_counter() - start) / n
                 whole = ""
                 if args.one_pass and path != "compiled":
                     algo.eval_tasks_at_once = lambda: None  # type: ignore[method-assign]
                     start = time.perf_counter()
-                    algo.evaluate_tasks(batch, steps, path, chunks)
+                    run(batch, steps, path, chunks)
                     whole = f"{(time.perf_counter() - start) / n:.3f}"
                     del algo.eval_tasks_at_once
                 per = "queries per class" if shape.problem == "classification" else "query points"

@@ -105,7 +105,9 @@ def activations_at_their_shapes(n: int, hidden: int, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="omniglot-5w1s-meta-lstm")
-    parser.add_argument("--path", default="fused")
+    # eager paths only: the counts run under a dispatch mode, which torch.compile refuses
+    # (meta_lstm_eval.py times the compiled episode)
+    parser.add_argument("--path", default="fused", choices=["fused", "vmap", "loop"])
     parser.add_argument("--repeat", type=int, default=5)
     common.add_threads_option(parser, default=1)
     common.add_write_results_option(parser)
