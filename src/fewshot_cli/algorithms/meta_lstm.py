@@ -32,7 +32,9 @@ gradient descent", appendix A (:func:`preprocess`).
 - Meta-gradients are clipped to norm ``grad_clip`` (0.25 in the reference configs).
 - On the ``compiled`` path the update of every coordinate (:func:`meta_learner_update`) is
   compiled as a graph of one update, and the fused path runs around it, in training and
-  evaluation alike (:func:`compiled_update`).
+  evaluation alike (:func:`compiled_update`). On the fused path itself, evaluation (no
+  graph) lays the first layer's gates out in contiguous blocks
+  (:meth:`CoordinateLSTM.gate_major_cell`).
 - ``inner_grad_clip`` (off by default, not in the paper) clips each element of the
   learner's gradient to [-c, c] before it is preprocessed and applied. Classification
   losses have bounded gradients; a regression loss does not, and a learned input gate
