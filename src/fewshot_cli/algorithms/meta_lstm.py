@@ -190,7 +190,7 @@ class MetaLearnerCell(nn.Module):
         """The forget and input gates ``[..., n]``. Eagerly, both gates' products with ``h``
         are one ``[hidden, 2]`` product: one pass over ``h`` forward and one write of its
         gradient backward, where a matrix-vector product per gate takes two of each (the
-        training step's gates take 40% less time). A compiler fuses the matrix-vector
+        training step's gates take a third to 40% less time). A compiler fuses the matrix-vector
         products into its kernel and runs slower with the one product, so compiled the
         gates take one each."""
         hidden = h.shape[-1]
