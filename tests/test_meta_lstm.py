@@ -267,12 +267,11 @@ def test_meta_gradient_matches_an_independent_implementation_on_every_path(setup
     assert max((second[k] - want[k]).abs().max().item() for k in want) > 1e-6
 
 
-
 @pytest.mark.parametrize("path", ["vmap", "loop", "fused"])
 def test_evaluation_adapts_as_the_independent_implementation(path: str) -> None:
-    """Evaluation runs the meta-learner without a graph, in its own layout (the gates
-    gate-major, the cell in place): the query loss after the inner steps is the
-    independent implementation's, task by task (float64)."""
+    """Evaluation runs the meta-learner without a graph (on the fused path in its own
+    layout: the gates gate-major, the cell in place): the query loss after the inner steps
+    is the independent implementation's, task by task (float64)."""
     algo, batch = sine_setup(steps=3, inner_batch=2)
     want = [reference_objective(algo, one).item() for one in batch.split(1)]
     got = algo.evaluate_tasks(batch, 3, path).curve[:, 3, 0]
@@ -294,6 +293,7 @@ def test_the_coordinate_lstm_without_a_graph_computes_what_it_computes_with_one(
         without = lstm(shared, x, h, c, gate_major=True)
     for a, b in zip(with_graph, without):
         assert a.shape == b.shape and (a - b).abs().max() < 1e-14
+
 
 def counting_compiled_update(monkeypatch) -> list[tuple[int, ...]]:  # noqa: ANN001
     """Every call of the compiled meta-learner update, by the shape of its coordinates."""
@@ -487,7 +487,6 @@ def test_gate_statistics_per_layer_and_their_spread() -> None:
     assert not any("/" in k for k in metrics) and metrics["input_gate"].shape == (3,)
 
 
-
 def test_validation_curves_leave_out_the_per_layer_gate_statistics(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Validation reads only the query curve (``adaptation_curve``): the per-layer gate
@@ -502,6 +501,7 @@ def test_validation_curves_leave_out_the_per_layer_gate_statistics(
     ev = algo.evaluate_tasks(batch, 2, "fused")
     assert len(calls) == 2 and "input_gate/head" in ev.inner
     assert torch.equal(curve, ev.curve)
+
 
 def test_sgd_reference_starts_from_the_learned_init_and_picks_the_best_lr() -> None:
     algo, _ = sine_setup(steps=3)
