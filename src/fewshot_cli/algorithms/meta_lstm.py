@@ -190,9 +190,9 @@ class MetaLearnerCell(nn.Module):
         """The forget and input gates ``[..., n]``. Eagerly, both gates' products with ``h``
         are one ``[hidden, 2]`` product: one pass over ``h`` forward and one write of its
         gradient backward, where a matrix-vector product per gate takes two of each (the
-        training step's gates take a third to 40% less time). A compiler fuses the matrix-vector
-        products into its kernel and runs slower with the one product, so compiled the
-        gates take one each."""
+        training step's gates take a third to 40% less time). A compiler fuses the
+        matrix-vector products into its kernel and runs slower with the one product, so
+        compiled the gates take one each."""
         hidden = h.shape[-1]
         wf, wi = self.weight_forget, self.weight_input
         if torch.compiler.is_compiling():
@@ -356,7 +356,7 @@ class MetaLSTM(Algorithm):
         theta = self.flat(params, ctx)
         if ctx.compiled:
             update: Any = compiled_update(self)
-        else:  # fused evaluation: the gates gate-major
+        else:  # eager; in fused evaluation the gates gate-major
             update = functools.partial(meta_learner_update,
                                        gate_major=ctx.fused and not ctx.training)
         theta, h, c, f, i = update(self.lstm, self.cell, self.cfg.preprocess_p, loss, g, theta,
